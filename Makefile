@@ -1,0 +1,62 @@
+# meshgate: `make run` starts a demo (real Triton + gateway), `make test` installs and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTO_DIR := protos
+PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
+CONFIG ?=
+
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead servers system-deps buf-lint clean
+
+help:
+	@echo "make run            start a local Triton with demo models and the gateway in front of it"
+	@echo "make test           install everything and run lint + the whole test suite"
+	@echo "make lint           ruff + mypy --strict"
+	@echo "make proto          regenerate Python code from protos/"
+	@echo "make bench-overhead gateway overhead vs a bare grpc.aio proxy and nginx"
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+# Generated code: never edited by hand; tests/test_codegen.py fails when it drifts.
+proto: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
+	  --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
+	  --mypy_grpc_out=$(PROTO_DIR) $(PROTO_FILES)
+
+# Model servers run in their own virtualenvs (they pin other grpcio/numpy versions).
+servers: venv
+	$(BIN)/python deploy/demo/server_envs.py ensure triton mlserver
+
+system-deps:
+	@bash deploy/demo/system-deps.sh
+
+ruff: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+mypy: venv
+	$(BIN)/mypy gateway adapters discovery
+
+lint: ruff mypy
+
+buf-lint:
+	cd $(PROTO_DIR) && npx --yes @bufbuild/buf lint
+
+test: venv system-deps servers ruff
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+run: venv servers
+	$(BIN)/python deploy/demo/run_demo.py $(if $(CONFIG),--config $(CONFIG),)
+
+bench-overhead: venv system-deps
+	$(BIN)/python bench/overhead.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

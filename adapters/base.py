@@ -1,0 +1,141 @@
+"""The Adapter seam: one backend protocol behind one small interface.
+
+Everything the gateway core sees of a backend goes through `Adapter`; library types
+(tritonclient, grpc stubs, httpx) stay inside the adapter's module.
+
+Error tree::
+
+    BackendError            a backend call failed; `code` is the gRPC code the caller gets,
+                            `retryable` says whether another endpoint may succeed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+ParamValue = bool | int | str | float
+
+# KServe v2 datatypes and their size in bytes in raw form (BYTES is variable: 0).
+DATATYPE_SIZES: Mapping[str, int] = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "BF16": 2,
+    "BYTES": 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A tensor crossing the gateway.
+
+    Exactly one of `raw` and `contents` is set. `raw` is little-endian row-major bytes
+    (BYTES: 4-byte length-prefixed elements). `contents` is a serialized KServe v2
+    `InferTensorContents` message (meshgate.v1.TensorContents has the same wire layout), so
+    typed data crosses the gateway without being copied element by element; `n_contents` is its
+    element count in the field that `datatype` selects, or -1 when that data sits in another field.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | None = None
+    contents: bytes | None = None
+    n_contents: int = 0
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferCall:
+    """One inference, as the director and adapters see it."""
+
+    model: str
+    version: str
+    request_id: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[RequestedOutput, ...] = ()
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    model: str
+    version: str
+    request_id: str
+    outputs: tuple[Tensor, ...]
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class BackendError(Exception):
+    """A backend call failed. `message` names the endpoint and model; never a credential."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class Adapter(Protocol):
+    """Speaks one backend protocol to one endpoint.
+
+    Called by the director (infer, model_metadata) and the readiness checker (server_live,
+    model_ready), concurrently from one event loop: implementations must be safe for
+    concurrent calls. `timeout` is in seconds; None means no deadline. Every method raises
+    only `BackendError`.
+    """
+
+    async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
+        """Run one inference."""
+        ...
+
+    async def server_live(self, timeout: float) -> bool:
+        """True when the server answers and says it is live."""
+        ...
+
+    async def model_ready(self, model: str, version: str, timeout: float) -> bool:
+        """True when the server can run `model` (`version` "" = the server's default)."""
+        ...
+
+    async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
+        """Inputs, outputs and versions of a model."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the adapter is not used afterwards."""
+        ...

@@ -1,0 +1,118 @@
+"""Generic KServe v2 / Open Inference Protocol gRPC adapter (MLServer, KServe runtimes, ...).
+
+One grpc.aio channel per endpoint, shared by all calls. Uses the `inference.GRPCInferenceService`
+stub generated in tritonclient (the same messages as KServe's grpc_predict_v2.proto).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from . import kserve_wire
+from .base import BackendError, InferCall, InferResult, ModelMetadata, TensorSpec
+
+# Codes that say "this endpoint cannot serve now; another one may".
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# Backend codes passed to the caller as they are; the rest become INTERNAL.
+_PASS_THROUGH = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class KServeV2Adapter:
+    """Adapter for any server that implements `inference.GRPCInferenceService`."""
+
+    kind: ClassVar[str] = "kserve_v2"
+
+    def __init__(self, endpoint_id: str, address: str, *, max_message_bytes: int) -> None:
+        self.endpoint_id = endpoint_id
+        self.address = address
+        options: Sequence[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect fast after a backend restart: the readiness loop probes every second.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 0),
+        ]
+        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    # -- errors ---------------------------------------------------------------------------
+    def _error(self, err: grpc.aio.AioRpcError, model: str) -> BackendError:
+        code = err.code()
+        where = f"backend {self.endpoint_id} ({self.kind} at {self.address})"
+        what = f"model '{model}'" if model else "server"
+        detail = err.details() or code.name
+        if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            code = self._classify_unknown(detail)
+        if code not in _PASS_THROUGH:
+            code = grpc.StatusCode.INTERNAL
+        return BackendError(code, f"{where}, {what}: {detail}", retryable=code in _RETRYABLE)
+
+    def _classify_unknown(self, detail: str) -> grpc.StatusCode:
+        """Servers that answer UNKNOWN/INTERNAL for client mistakes: read the message."""
+        lowered = detail.lower()
+        if "not found" in lowered or "unknown model" in lowered:
+            return grpc.StatusCode.NOT_FOUND
+        return grpc.StatusCode.INTERNAL
+
+    # -- Adapter --------------------------------------------------------------------------
+    async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
+        req = kserve_wire.request_from_call(call)
+        try:
+            resp = await self._stub.ModelInfer(req, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, call.model) from None
+        return kserve_wire.result_from_response(resp)
+
+    async def server_live(self, timeout: float) -> bool:
+        try:
+            resp = await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, "") from None
+        return bool(resp.live)
+
+    async def model_ready(self, model: str, version: str, timeout: float) -> bool:
+        try:
+            resp = await self._stub.ModelReady(
+                pb.ModelReadyRequest(name=model, version=version), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            mapped = self._error(err, model)
+            if mapped.code == grpc.StatusCode.NOT_FOUND:
+                return False  # MLServer raises for an unknown model where Triton says False
+            raise mapped from None
+        return bool(resp.ready)
+
+    async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
+        try:
+            resp = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, model) from None
+        return ModelMetadata(
+            name=resp.name,
+            versions=tuple(resp.versions),
+            platform=resp.platform,
+            inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in resp.inputs),
+            outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in resp.outputs),
+        )
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)

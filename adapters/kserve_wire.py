@@ -1,0 +1,197 @@
+"""KServe v2 (Open Inference Protocol) gRPC messages <-> the gateway's dataclasses.
+
+Used by the KServe v2 adapters (towards backends) and by the KServe v2 front door (towards
+clients). The message classes come from tritonclient's generated `grpc_service.proto`, which is
+a superset of KServe's `grpc_predict_v2.proto` with the same package (`inference`) and field
+numbers; registering a second copy of those names in the protobuf pool would clash with it.
+
+Raw tensor bytes and typed contents are moved as bytes objects, never decoded here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tritonclient.grpc import service_pb2 as pb
+
+from .base import InferCall, InferResult, ParamValue, RequestedOutput, Tensor
+
+# Which InferTensorContents field carries each datatype's typed values.
+CONTENTS_FIELD: Mapping[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS_FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
+
+
+def count_contents(contents: Any, datatype: str) -> int:
+    """Element count of typed contents for `datatype`; -1 when values sit in another field.
+
+    Works on any message with InferTensorContents' field names (meshgate.v1.TensorContents too).
+    """
+    want = CONTENTS_FIELD.get(datatype)
+    n = len(getattr(contents, want)) if want else 0
+    total = sum(len(getattr(contents, f)) for f in _ALL_CONTENTS_FIELDS)
+    return n if total == n else -1
+
+
+def params_from_pb(params: Any) -> dict[str, ParamValue]:
+    """map<string, InferParameter> (or meshgate.v1.Parameter) -> dict; empty stays cheap."""
+    if not params:
+        return {}
+    out: dict[str, ParamValue] = {}
+    for key, p in params.items():
+        kind = p.WhichOneof("parameter_choice") if hasattr(p, "bool_param") else p.WhichOneof("value")
+        out[key] = getattr(p, kind) if kind else ""
+    return out
+
+
+def params_to_pb(params: Mapping[str, ParamValue], target: Any) -> None:
+    """Fill a map<string, InferParameter> from a dict."""
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            if value < 0 or value < 2**63:
+                p.int64_param = value
+            else:
+                p.uint64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        else:
+            p.string_param = value
+
+
+def call_from_request(req: Any) -> InferCall:
+    """ModelInferRequest -> InferCall. Raw contents pair with inputs by position."""
+    raws = req.raw_input_contents
+    n_raw = len(raws)
+    inputs = []
+    for i, t in enumerate(req.inputs):
+        raw = raws[i] if i < n_raw else None
+        if raw is None and t.HasField("contents"):
+            contents = t.contents.SerializeToString()
+            n = count_contents(t.contents, t.datatype)
+        else:
+            contents, n = None, 0
+        inputs.append(
+            Tensor(
+                name=t.name,
+                datatype=t.datatype,
+                shape=tuple(t.shape),
+                raw=raw,
+                contents=contents,
+                n_contents=n,
+                parameters=params_from_pb(t.parameters),
+            )
+        )
+    outputs = tuple(RequestedOutput(o.name, params_from_pb(o.parameters)) for o in req.outputs)
+    return InferCall(
+        model=req.model_name,
+        version=req.model_version,
+        request_id=req.id,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        parameters=params_from_pb(req.parameters),
+    )
+
+
+def request_from_call(call: InferCall) -> Any:
+    """InferCall -> ModelInferRequest. All-raw or all-typed, as KServe v2 requires."""
+    req = pb.ModelInferRequest(model_name=call.model, model_version=call.version, id=call.request_id)
+    all_raw = all(t.raw is not None for t in call.inputs)
+    for t in call.inputs:
+        it = req.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if t.parameters:
+            params_to_pb(t.parameters, it.parameters)
+        if all_raw:
+            continue
+        if t.contents is not None:
+            it.contents.MergeFromString(t.contents)
+        elif t.raw is not None:
+            _raw_into_contents(t, it.contents)
+    if all_raw:
+        req.raw_input_contents.extend([t.raw for t in call.inputs])
+    for o in call.outputs:
+        ro = req.outputs.add(name=o.name)
+        if o.parameters:
+            params_to_pb(o.parameters, ro.parameters)
+    if call.parameters:
+        params_to_pb(call.parameters, req.parameters)
+    return req
+
+
+def _raw_into_contents(t: Tensor, contents: Any) -> None:
+    """Mixed raw and typed inputs in one call: KServe forbids the mix, so decode this one."""
+    import numpy as np
+
+    from .tensor_codec import decode_raw
+
+    assert t.raw is not None
+    values = decode_raw(t.raw, t.datatype)
+    field = CONTENTS_FIELD.get(t.datatype)
+    if field is None:  # FP16/BF16 have no typed form
+        raise ValueError(f"{t.datatype} cannot be mixed with typed inputs")
+    target = getattr(contents, field)
+    if t.datatype == "BYTES":
+        target.extend(values)
+    else:
+        target.extend(np.asarray(values).ravel().tolist())
+
+
+def result_from_response(resp: Any) -> InferResult:
+    """ModelInferResponse -> InferResult."""
+    raws = resp.raw_output_contents
+    n_raw = len(raws)
+    outputs = []
+    for i, t in enumerate(resp.outputs):
+        raw = raws[i] if i < n_raw else None
+        contents = t.contents.SerializeToString() if raw is None and t.HasField("contents") else None
+        outputs.append(
+            Tensor(
+                name=t.name,
+                datatype=t.datatype,
+                shape=tuple(t.shape),
+                raw=raw,
+                contents=contents,
+                parameters=params_from_pb(t.parameters),
+            )
+        )
+    return InferResult(
+        model=resp.model_name,
+        version=resp.model_version,
+        request_id=resp.id,
+        outputs=tuple(outputs),
+        parameters=params_from_pb(resp.parameters),
+    )
+
+
+def response_from_result(result: InferResult) -> Any:
+    """InferResult -> ModelInferResponse (raw outputs stay raw)."""
+    resp = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.request_id)
+    all_raw = all(t.raw is not None for t in result.outputs)
+    for t in result.outputs:
+        ot = resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if t.parameters:
+            params_to_pb(t.parameters, ot.parameters)
+        if not all_raw and t.contents is not None:
+            ot.contents.MergeFromString(t.contents)
+        elif not all_raw and t.raw is not None:
+            _raw_into_contents(t, ot.contents)
+    if all_raw:
+        resp.raw_output_contents.extend([t.raw for t in result.outputs])
+    if result.parameters:
+        params_to_pb(result.parameters, resp.parameters)
+    return resp

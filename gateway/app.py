@@ -1,0 +1,169 @@
+"""The gateway process: wires config, discovery, endpoint table, director and servicers.
+
+Lifecycle: start -> serve -> SIGTERM/SIGINT -> health NOT_SERVING -> refuse new calls -> let
+in-flight calls finish within `server.shutdown_grace_s` -> close backends -> exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from meshgate.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+from tritonclient.grpc import service_pb2 as kserve_pb
+from tritonclient.grpc import service_pb2_grpc as kserve_grpc
+
+from discovery import DiscoverySource, StaticSource
+
+from .config import Config
+from .director import Director
+from .endpoints import EndpointTable, default_adapter_maker
+from .metrics import Metrics
+from .readiness import ReadinessChecker
+from .servicers.inference import InferenceServicer
+from .servicers.kserve import KServeServicer
+from .servicers.models import ModelsServicer
+
+log = logging.getLogger("meshgate")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Gateway:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_state: dict[str, bool] = {}
+        self.table = EndpointTable(
+            default_adapter_maker(config.server.max_message_bytes), self._on_table_change
+        )
+        self.readiness = ReadinessChecker(self.table, config.readiness)
+        self.director = Director(config, self.table, self.metrics, self.readiness.wake)
+        self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
+        self.metrics.watch_endpoints(self.table.states)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        self.port = 0
+        self.metrics_port = 0
+
+    # -- health ---------------------------------------------------------------------------
+    def _on_table_change(self) -> None:
+        self.readiness.wake()
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        pools = self.table.pool_ready()
+        overall = any(pools.values())
+        for name, ready in [("", overall), *pools.items()]:
+            if self._health_state.get(name) != ready:
+                self._health_state[name] = ready
+                if name:
+                    log.info("pool %s is %s", name, "SERVING" if ready else "NOT_SERVING")
+                self._spawn(self.health.set(name, SERVING if ready else NOT_SERVING))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    def any_ready(self) -> bool:
+        return self._health_state.get("", False)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config.server
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ]
+        server = grpc.aio.server(options=options)
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(self.director, cfg, self.metrics), server
+        )
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.table, self.metrics), server)
+        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.director, cfg, self.metrics, self.any_ready), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+            models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+            kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(cfg.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await self.health.set("", NOT_SERVING)
+        self._health_state[""] = False
+        loop = asyncio.get_running_loop()
+        for source in self.sources:
+            self._tasks.append(loop.create_task(self._follow(source)))
+        self._tasks.append(loop.create_task(self.readiness.run(self._after_readiness_round)))
+        if self.config.metrics.listen:
+            host, _, port = self.config.metrics.listen.rpartition(":")
+            self._http, _thread = start_http_server(
+                int(port), host.strip("[]"), registry=self.metrics.registry
+            )
+            self.metrics_port = self._http.server_port
+        await server.start()
+        self._server = server
+
+    def _after_readiness_round(self) -> None:
+        self._publish_health()
+        for adapter in self.table.take_retired():
+            self._spawn(adapter.aclose())
+
+    async def _follow(self, source: DiscoverySource) -> None:
+        async for snap in source.watch():
+            self.table.apply(snap)
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.server.shutdown_grace_s)
+        for source in self.sources:
+            await source.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for state in self.table.states():
+            await state.adapter.aclose()
+        for adapter in self.table.take_retired():
+            await adapter.aclose()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+async def serve(config: Config, config_name: str) -> int:
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    host = config.server.listen.rpartition(":")[0]
+    metrics = f", metrics on http://{host}:{gateway.metrics_port}/metrics" if gateway.metrics_port else ""
+    print(f"meshgate: serving on {host}:{gateway.port} (config: {config_name}){metrics}", flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls (grace %.1fs)", config.server.shutdown_grace_s)
+    await gateway.stop()
+    log.info("stopped")
+    return 0

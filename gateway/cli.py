@@ -1,0 +1,135 @@
+"""The `meshgate` command: serve, check-config, models, infer.
+
+meshgate serve [--config F] [--workers N]
+meshgate check-config F
+meshgate models [--target HOST:PORT] [--json]
+meshgate infer --model M --input NAME:DTYPE:SHAPE=1,2,3 [--input NAME:DTYPE=@x.npy] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import ConfigError, load_config
+
+DEFAULT_TARGET = "127.0.0.1:8700"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshgate", description="meshgate: gRPC inference mesh gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="YAML config file (default: the embedded default)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+
+    c = sub.add_parser("check-config", help="validate a config file and exit")
+    c.add_argument("file")
+
+    for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument(
+            "--target", default=os.environ.get("MESHGATE_TARGET", DEFAULT_TARGET), help="gateway host:port"
+        )
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        if name == "infer":
+            q.add_argument("--model", required=True)
+            q.add_argument("--version", default="")
+            q.add_argument(
+                "--input",
+                action="append",
+                required=True,
+                metavar="NAME:DTYPE:SHAPE=VALUES",
+                help="e.g. INPUT0:FP32:2x2=1,2,3,4 or INPUT0:FP32=@x.npy (repeat per input)",
+            )
+            q.add_argument("--output", action="append", default=[], help="output to return (default: all)")
+            q.add_argument("--region", default="", help="preferred region")
+            q.add_argument("--id", default="", help="request id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "serve":
+        return _serve(args.config, args.workers)
+    from . import client
+
+    if args.command == "models":
+        return client.models(args.target, args.timeout, args.json)
+    return client.infer(args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        config, _ = load_config(path)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    n = sum(len(p.endpoints) for p in config.pools.values())
+    print(f"{path}: OK ({len(config.pools)} pool(s), {n} endpoint(s), listen {config.server.listen})")
+    return 0
+
+
+def _serve(path: str | None, workers: int) -> int:
+    try:
+        config, name = load_config(path)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if workers > 1:
+        return _serve_workers(path, workers)
+    from .app import serve
+
+    runner: Any = asyncio.run
+    if config.server.uvloop:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            logging.getLogger("meshgate").info("uvloop not installed; using asyncio's loop")
+    try:
+        result: int = runner(serve(config, name))
+    except OSError as err:
+        print(f"meshgate: {err}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _serve_workers(path: str | None, workers: int) -> int:
+    """N processes listening on the same port (SO_REUSEPORT); the kernel spreads connections.
+
+    Worker i > 0 serves metrics on the metrics port + i (port 0 stays 0).
+    """
+    config, _ = load_config(path)
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if i and config.metrics.listen:
+            host, _, port = config.metrics.listen.rpartition(":")
+            env["MESHGATE_METRICS_LISTEN"] = f"{host}:{int(port) + i if int(port) else 0}"
+        cmd = [sys.executable, "-m", "gateway", "serve"] + (["--config", path] if path else [])
+        procs.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes)

@@ -1,0 +1,170 @@
+"""Client side of the `meshgate` CLI: call a gateway through the generated stubs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import grpc
+import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from meshgate.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
+
+from adapters.kserve_wire import CONTENTS_FIELD
+from adapters.tensor_codec import NUMPY_DTYPES, decode_raw, encode_numpy
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_input(spec: str) -> Any:
+    """NAME:DTYPE[:SHAPE]=VALUES|@file.npy -> meshgate.v1.Tensor with raw bytes."""
+    head, sep, body = spec.partition("=")
+    if not sep:
+        raise UsageError(f"--input {spec!r}: expected NAME:DTYPE:SHAPE=VALUES or NAME:DTYPE=@file.npy")
+    parts = head.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise UsageError(f"--input {spec!r}: expected NAME:DTYPE:SHAPE before '='")
+    name, dtype = parts[0], parts[1].upper()
+    if dtype not in NUMPY_DTYPES and dtype != "BYTES":
+        raise UsageError(f"--input {spec!r}: unknown datatype {dtype}")
+    if body.startswith("@"):
+        array = np.load(body[1:], allow_pickle=False)
+        shape = list(array.shape) if len(parts) == 2 else _shape(parts[2], spec)
+        values: Any = array
+    else:
+        if len(parts) != 3:
+            raise UsageError(
+                f"--input {spec!r}: a SHAPE is needed with inline values, e.g. {name}:{dtype}:4=1,2,3,4"
+            )
+        shape = _shape(parts[2], spec)
+        items = [v.strip() for v in body.split(",")] if body else []
+        values = items if dtype == "BYTES" else np.array([_number(v, spec) for v in items])
+    raw = encode_numpy(values, dtype)
+    return tensor_pb2.Tensor(name=name, datatype=f"DATA_TYPE_{dtype}", shape=shape, raw=raw)
+
+
+def _shape(text: str, spec: str) -> list[int]:
+    try:
+        return [int(d) for d in text.replace(",", "x").split("x") if d]
+    except ValueError:
+        raise UsageError(f"--input {spec!r}: shape {text!r} should look like 2x3") from None
+
+
+def _number(text: str, spec: str) -> float | int | bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"--input {spec!r}: {text!r} is not a number") from None
+
+
+def tensor_values(t: Any) -> Any:
+    """Output tensor -> numpy array shaped as declared (list of bytes for BYTES)."""
+    dtype = tensor_pb2.DataType.Name(t.datatype).removeprefix("DATA_TYPE_")
+    if t.WhichOneof("data") == "raw":
+        values = decode_raw(t.raw, dtype)
+    else:
+        values = list(getattr(t.contents, CONTENTS_FIELD.get(dtype, "bytes_contents")))
+    if dtype == "BYTES":
+        return [v.decode("utf-8", "replace") for v in values]
+    return np.asarray(values, dtype=NUMPY_DTYPES.get(dtype)).reshape(tuple(t.shape))
+
+
+def _fail(err: grpc.RpcError) -> int:
+    call: Any = err
+    print(f"error: {call.code().name}: {call.details()}", file=sys.stderr)
+    status = rpc_status.from_call(call)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for v in bad.field_violations:
+                print(f"  field {v.field}: {v.description}", file=sys.stderr)
+    return 1
+
+
+def models(target: str, timeout: float, as_json: bool) -> int:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = models_pb2_grpc.ModelsStub(channel).ListModels(
+                models_pb2.ListModelsRequest(), timeout=timeout
+            )
+        except grpc.RpcError as err:
+            return _fail(err)
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(resp), indent=2))
+        return 0
+    print(f"{'MODEL':24} {'READY':6} {'BACKENDS':18} {'POOLS':16} ENDPOINTS (ready/total)")
+    for m in resp.models:
+        eps = [e for p in m.pools for e in p.endpoints]
+        ready = sum(e.ready for e in eps)
+        pools = ",".join(p.name for p in m.pools)
+        print(
+            f"{m.name:24} {'yes' if m.ready else 'no':6} {','.join(m.backends):18} {pools:16} {ready}/{len(eps)}"
+        )
+    return 0
+
+
+def infer(args: argparse.Namespace) -> int:
+    try:
+        inputs = [parse_input(s) for s in args.input]
+    except (UsageError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    req = inference_pb2.InferRequest(
+        model=args.model,
+        model_version=args.version,
+        id=args.id,
+        inputs=inputs,
+        outputs=[inference_pb2.RequestedOutput(name=n) for n in args.output],
+        routing=inference_pb2.RoutingHints(preferred_region=args.region),
+    )
+    with grpc.insecure_channel(target := args.target) as channel:
+        try:
+            resp = inference_pb2_grpc.InferenceStub(channel).Infer(req, timeout=args.timeout)
+        except grpc.RpcError as err:
+            return _fail(err)
+    outputs = {t.name: tensor_values(t) for t in resp.outputs}
+    route = resp.route
+    if args.json:
+        doc = {
+            "model": resp.model,
+            "model_version": resp.model_version,
+            "id": resp.id,
+            "route": {
+                "pool": route.pool,
+                "endpoint": route.endpoint,
+                "backend": route.backend,
+                "attempts": route.attempts,
+            },
+            "outputs": [
+                {
+                    "name": t.name,
+                    "datatype": tensor_pb2.DataType.Name(t.datatype).removeprefix("DATA_TYPE_"),
+                    "shape": list(t.shape),
+                    "data": v if isinstance(v, list) else v.ravel().tolist(),
+                }
+                for t, v in zip(resp.outputs, outputs.values(), strict=True)
+            ],
+        }
+        print(json.dumps(doc))
+        return 0
+    version = f" v{resp.model_version}" if resp.model_version else ""
+    print(f"{resp.model}{version} via {route.pool}/{route.endpoint} ({route.backend}, {target})")
+    for t, v in zip(resp.outputs, outputs.values(), strict=True):
+        dtype = tensor_pb2.DataType.Name(t.datatype).removeprefix("DATA_TYPE_")
+        print(
+            f"  {t.name} {dtype} {list(t.shape)}: {v if isinstance(v, list) else np.array2string(v, threshold=50)}"
+        )
+    return 0

@@ -1,0 +1,216 @@
+"""Typed configuration: one YAML file, validated at start-up.
+
+Errors name the file, the key path and what was expected; `ConfigError` carries the whole
+message so the CLI can print it and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters import REGISTRY
+from discovery import Endpoint, ModelRef, PoolSnapshot
+
+ENV_LISTEN = "MESHGATE_LISTEN"
+ENV_METRICS_LISTEN = "MESHGATE_METRICS_LISTEN"
+DEFAULT_CONFIG_NAME = "<embedded default>"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message is for humans and complete."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected 'host:port' with a port 0-65535, got {value!r}")
+    return value
+
+
+HostPort = Annotated[str, Field(min_length=3)]
+
+
+class ServerConfig(_Strict):
+    """The gRPC front door."""
+
+    listen: HostPort = "127.0.0.1:8700"
+    # Transport cap for one message in either direction (gRPC answers RESOURCE_EXHAUSTED above it).
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    # Deadline applied when a caller sets none, and the cap on any caller's deadline.
+    default_timeout_s: float = Field(default=30.0, gt=0)
+    max_timeout_s: float = Field(default=300.0, gt=0)
+    # On SIGTERM: how long in-flight calls may take to finish before they are cancelled.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Use uvloop for the event loop when installed.
+    uvloop: bool = True
+
+    _listen = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
+
+
+class MetricsConfig(_Strict):
+    """Prometheus /metrics over HTTP; listen null turns it off."""
+
+    listen: str | None = "127.0.0.1:8701"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _check_hostport(v)
+
+
+class LimitsConfig(_Strict):
+    """Request validation limits (INVALID_ARGUMENT naming the field when exceeded)."""
+
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_inputs: int = Field(default=64, ge=1)
+    max_dims: int = Field(default=16, ge=1)
+
+
+class ReadinessConfig(_Strict):
+    """Background readiness checks (server live + model ready) per endpoint."""
+
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+
+
+class RoutingConfig(_Strict):
+    # Retry an idempotent call once on another endpoint when the first answers UNAVAILABLE.
+    retry_unavailable: bool = True
+
+
+class EndpointConfig(_Strict):
+    """One model server."""
+
+    address: HostPort
+    backend: str
+    models: list[str] = Field(min_length=1)
+    id: str | None = None
+    region: str = ""
+    metrics_url: str = ""
+    capacity: float = Field(default=1.0, gt=0)
+
+    _address = field_validator("address")(classmethod(lambda cls, v: _check_hostport(v)))
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in REGISTRY:
+            raise ValueError(f"unknown backend {v!r}; expected one of {', '.join(sorted(REGISTRY))}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if not ModelRef.parse(m).name:
+                raise ValueError(f"model {m!r}: expected 'name' or 'name:version'")
+        return v
+
+
+class PoolConfig(_Strict):
+    endpoints: list[EndpointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PoolConfig:
+        ids = [e.id or e.address for e in self.endpoints]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"endpoint ids must be unique within a pool; repeated: {', '.join(dupes)}")
+        return self
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    readiness: ReadinessConfig = ReadinessConfig()
+    routing: RoutingConfig = RoutingConfig()
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+
+    def static_snapshots(self) -> tuple[PoolSnapshot, ...]:
+        snaps = []
+        for pool_name, pool in sorted(self.pools.items()):
+            eps = []
+            for e in pool.endpoints:
+                host, _, port = e.address.rpartition(":")
+                eps.append(
+                    Endpoint(
+                        id=e.id or e.address,
+                        pool=pool_name,
+                        host=host.strip("[]"),
+                        port=int(port),
+                        backend=e.backend,
+                        models=tuple(ModelRef.parse(m) for m in e.models),
+                        region=e.region,
+                        metrics_url=e.metrics_url,
+                        capacity=e.capacity,
+                    )
+                )
+            snaps.append(PoolSnapshot(source="static", pool=pool_name, endpoints=tuple(eps)))
+        return tuple(snaps)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} error(s)):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif (
+            "input" in e
+            and e["type"] not in ("missing", "value_error")
+            and not isinstance(e["input"], dict | list)
+        ):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> Config:
+    """Parse and validate YAML text; `source` names it in errors."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    env = dict(os.environ) if env is None else env
+    server = data.setdefault("server", {}) if isinstance(data.get("server", {}), dict) else None
+    if server is not None and env.get(ENV_LISTEN):
+        server["listen"] = env[ENV_LISTEN]
+    if env.get(ENV_METRICS_LISTEN) and isinstance(data.get("metrics", {}), dict):
+        value = env[ENV_METRICS_LISTEN]
+        data.setdefault("metrics", {})["listen"] = None if value in ("off", "none") else value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | None, env: dict[str, str] | None = None) -> tuple[Config, str]:
+    """Load `path`, or the embedded default when None. Returns the config and its source name."""
+    if path is None:
+        text = resources.files("gateway").joinpath("default.yaml").read_text()
+        return parse_config(text, DEFAULT_CONFIG_NAME, env), DEFAULT_CONFIG_NAME
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, path, env), path

@@ -1,0 +1,147 @@
+"""The live endpoint table: what discovery found, with adapters and runtime state.
+
+Only the event loop thread touches it, so plain attributes are safe: no await happens between
+reading and writing a field (in_flight += 1 is atomic with respect to other tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+
+from adapters import REGISTRY, Adapter
+from discovery import Endpoint, ModelRef, PoolSnapshot
+
+from .errors import GatewayError
+
+log = logging.getLogger("meshgate.endpoints")
+
+AdapterMaker = Callable[[Endpoint], Adapter]
+
+
+class EndpointState:
+    """One endpoint and what the gateway knows about it now."""
+
+    __slots__ = ("adapter", "checked_at", "endpoint", "in_flight", "live", "ready_models", "status_message")
+
+    def __init__(self, endpoint: Endpoint, adapter: Adapter) -> None:
+        self.endpoint = endpoint
+        self.adapter = adapter
+        self.live = False
+        self.ready_models: frozenset[ModelRef] = frozenset()
+        self.in_flight = 0
+        self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
+        self.status_message = "not checked yet"
+
+    def serves(self, model: str, version: str) -> bool:
+        return any(_matches(ref, model, version) for ref in self.endpoint.models)
+
+    def ready_for(self, model: str, version: str) -> bool:
+        return self.live and any(_matches(ref, model, version) for ref in self.ready_models)
+
+    def mark_down(self, reason: str) -> None:
+        """Passive health: a call saw the endpoint unavailable; the readiness loop revives it."""
+        self.live = False
+        self.ready_models = frozenset()
+        self.status_message = reason
+
+
+def _matches(ref: ModelRef, model: str, version: str) -> bool:
+    # An endpoint declared without a version serves whatever version the caller asks for.
+    return ref.name == model and (not version or not ref.version or ref.version == version)
+
+
+def default_adapter_maker(max_message_bytes: int) -> AdapterMaker:
+    def make(ep: Endpoint) -> Adapter:
+        return REGISTRY[ep.backend](ep.id, ep.address, max_message_bytes=max_message_bytes)
+
+    return make
+
+
+class EndpointTable:
+    """Merges snapshots from every source into pools; indexes endpoints by model."""
+
+    def __init__(self, make_adapter: AdapterMaker, on_change: Callable[[], None] = lambda: None) -> None:
+        self._make_adapter = make_adapter
+        self._on_change = on_change
+        self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
+        self._by_model: dict[str, list[EndpointState]] = {}
+        self._retired: list[Adapter] = []
+
+    def apply(self, snap: PoolSnapshot) -> None:
+        """Replace what `snap.source` said about `snap.pool`."""
+        self._by_source[(snap.source, snap.pool)] = snap.endpoints
+        wanted: dict[tuple[str, str], Endpoint] = {}
+        for (_, pool), eps in sorted(self._by_source.items()):
+            for ep in eps:
+                wanted.setdefault((pool, ep.id), ep)
+        for key in [k for k in self._states if k not in wanted]:
+            state = self._states.pop(key)
+            self._retired.append(state.adapter)
+            log.info("endpoint removed: pool=%s id=%s", key[0], key[1])
+        for key, ep in wanted.items():
+            old = self._states.get(key)
+            if old is not None and old.endpoint == ep:
+                continue
+            if old is not None and (old.endpoint.address, old.endpoint.backend) == (ep.address, ep.backend):
+                old.endpoint = ep  # metadata change only: keep the connection and state
+                continue
+            if old is not None:
+                self._retired.append(old.adapter)
+            self._states[key] = EndpointState(ep, self._make_adapter(ep))
+            log.info(
+                "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend
+            )
+        self._reindex()
+        self._on_change()
+
+    def _reindex(self) -> None:
+        by_model: dict[str, list[EndpointState]] = {}
+        for state in self._states.values():
+            for name in {ref.name for ref in state.endpoint.models}:
+                by_model.setdefault(name, []).append(state)
+        self._by_model = by_model
+
+    def take_retired(self) -> list[Adapter]:
+        """Adapters of removed endpoints, for the caller to close once in-flight calls end."""
+        retired, self._retired = self._retired, []
+        return retired
+
+    def candidates(self, model: str, version: str) -> list[EndpointState]:
+        """Endpoints that serve model/version, ready or not. NOT_FOUND when none does."""
+        states = self._by_model.get(model)
+        if not states:
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND, f"model {model!r} is not served by any pool", field="model"
+            )
+        if version:
+            states = [s for s in states if s.serves(model, version)]
+            if not states:
+                raise GatewayError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {model!r} version {version!r} is not served by any pool",
+                    field="model_version",
+                )
+        return states
+
+    def states(self) -> Iterable[EndpointState]:
+        return self._states.values()
+
+    def models(self) -> dict[str, list[EndpointState]]:
+        return self._by_model
+
+    def pool_ready(self) -> dict[str, bool]:
+        ready: dict[str, bool] = {}
+        for (pool, _), state in self._states.items():
+            ready[pool] = ready.get(pool, False) or (state.live and bool(state.ready_models))
+        for _, pool in self._by_source:
+            ready.setdefault(pool, False)
+        return ready
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,47 @@
+"""Errors the gateway returns to callers, with google.rpc details.
+
+GatewayError                 a call fails with `code`; `message` is shown to the caller
+  field violations           INVALID_ARGUMENT carries google.rpc.BadRequest naming each field
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class GatewayError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, *, field: str = "", description: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.description = description or message
+
+    def to_status(self) -> grpc.Status:
+        detail = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.field:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.description)
+                ]
+            )
+            detail.details.add().Pack(bad)
+        status: grpc.Status = rpc_status.to_status(detail)
+        return status
+
+
+def invalid(field: str, message: str) -> GatewayError:
+    """INVALID_ARGUMENT about `field` (dotted path, e.g. inputs[0].shape)."""
+    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field=field, description=message)
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], err: GatewayError) -> NoReturn:
+    await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]  # missing in grpc-stubs
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+__all__ = ["GatewayError", "abort", "code_pb2", "invalid"]

@@ -1,0 +1,1 @@
+"""gRPC servicers: the only gateway code that touches generated protobuf types."""

@@ -1,0 +1,97 @@
+"""meshgate.v1.Inference: the typed front door."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+
+from adapters import InferCall, InferResult, RequestedOutput, Tensor
+from adapters.kserve_wire import count_contents, params_from_pb
+
+from ..config import ServerConfig
+from ..director import Director, Route
+from ..metrics import Metrics
+from .common import Context, answer, call_timeout
+
+_PREFIX = "DATA_TYPE_"
+# enum number -> KServe datatype name ("FP32"); UNSPECIFIED maps to "" (rejected by validation).
+DTYPE_NAMES: dict[int, str] = {
+    v.number: v.name.removeprefix(_PREFIX) for v in tensor_pb2.DataType.DESCRIPTOR.values if v.number
+}
+DTYPE_NUMBERS: dict[str, int] = {name: number for number, name in DTYPE_NAMES.items()}
+
+
+def tensor_from_pb(t: Any) -> Tensor:
+    datatype = DTYPE_NAMES.get(t.datatype, "")
+    which = t.WhichOneof("data")
+    if which == "raw":
+        raw, contents, n = t.raw, None, 0
+    elif which == "contents":
+        raw, contents, n = None, t.contents.SerializeToString(), count_contents(t.contents, datatype)
+    else:
+        raw, contents, n = None, None, 0
+    return Tensor(t.name, datatype, tuple(t.shape), raw, contents, n, params_from_pb(t.parameters))
+
+
+def call_from_pb(req: Any) -> InferCall:
+    return InferCall(
+        model=req.model,
+        version=req.model_version,
+        request_id=req.id,
+        inputs=tuple(tensor_from_pb(t) for t in req.inputs),
+        outputs=tuple(RequestedOutput(o.name, params_from_pb(o.parameters)) for o in req.outputs),
+        parameters=params_from_pb(req.parameters),
+    )
+
+
+def _set_params(params: Any, target: Any) -> None:
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_value = value
+        elif isinstance(value, int):
+            p.int64_value = value
+        elif isinstance(value, float):
+            p.double_value = value
+        else:
+            p.string_value = value
+
+
+def response_to_pb(result: InferResult, route: Route) -> Any:
+    resp = inference_pb2.InferResponse(
+        model=result.model,
+        model_version=result.version,
+        id=result.request_id,
+        route=inference_pb2.RouteInfo(
+            pool=route.pool, endpoint=route.endpoint, backend=route.backend, attempts=route.attempts
+        ),
+    )
+    for t in result.outputs:
+        out = resp.outputs.add(name=t.name, datatype=DTYPE_NUMBERS.get(t.datatype, 0), shape=t.shape)
+        if t.raw is not None:
+            out.raw = t.raw
+        elif t.contents is not None:
+            out.contents.MergeFromString(t.contents)
+        if t.parameters:
+            _set_params(t.parameters, out.parameters)
+    if result.parameters:
+        _set_params(result.parameters, resp.parameters)
+    return resp
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, director: Director, server: ServerConfig, metrics: Metrics) -> None:
+        self._director = director
+        self._server = server
+        self._metrics = metrics
+
+    async def Infer(self, request: Any, context: Context) -> Any:
+        async def work() -> Any:
+            call = call_from_pb(request)
+            routed = await self._director.infer(
+                call, call_timeout(context, self._server), request.routing.preferred_region
+            )
+            return response_to_pb(routed.value, routed.route)
+
+        return await answer("Infer", self._metrics, context, work)

@@ -1,0 +1,71 @@
+"""inference.GRPCInferenceService: the Triton/KServe v2 compatible front door.
+
+Code written against tritonclient works unchanged when pointed at the gateway. ModelInfer is
+routed exactly like meshgate.v1.Inference/Infer; ModelMetadata is answered by a ready endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from adapters.kserve_wire import call_from_request, response_from_result
+
+from ..config import ServerConfig
+from ..director import Director
+from ..errors import invalid
+from ..metrics import Metrics
+from .common import Context, answer, call_timeout
+
+
+class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, director: Director, server: ServerConfig, metrics: Metrics, any_ready: Any) -> None:
+        self._director = director
+        self._server = server
+        self._metrics = metrics
+        self._any_ready = any_ready
+
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=bool(self._any_ready()))
+
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        return pb.ModelReadyResponse(ready=self._director.model_ready(request.name, request.version))
+
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        async def work() -> Any:
+            routed = await self._director.model_metadata(
+                request.name, request.version, call_timeout(context, self._server)
+            )
+            md = routed.value
+            resp = pb.ModelMetadataResponse(name=md.name, versions=md.versions, platform=md.platform)
+            for spec in md.inputs:
+                resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+            for spec in md.outputs:
+                resp.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+            return resp
+
+        return await answer("ModelMetadata", self._metrics, context, work)
+
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        async def work() -> Any:
+            n_raw, n_inputs = len(request.raw_input_contents), len(request.inputs)
+            if n_raw and n_raw != n_inputs:
+                raise invalid(
+                    "raw_input_contents",
+                    f"{n_raw} raw contents for {n_inputs} inputs; send one per input or none",
+                )
+            routed = await self._director.infer(
+                call_from_request(request), call_timeout(context, self._server)
+            )
+            return response_from_result(routed.value)
+
+        return await answer("ModelInfer", self._metrics, context, work)
+
+
+__all__ = ["KServeServicer", "grpc"]

@@ -1,0 +1,73 @@
+"""meshgate.v1.Models: what the gateway can serve, from the live endpoint table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from meshgate.v1 import models_pb2, models_pb2_grpc
+
+from ..endpoints import EndpointState, EndpointTable
+from ..errors import GatewayError
+from ..metrics import Metrics
+from .common import Context, answer
+
+
+def _model_pb(name: str, states: list[EndpointState]) -> Any:
+    now = time.monotonic()
+    versions = sorted({r.version for s in states for r in s.endpoint.models if r.name == name and r.version})
+    pools: dict[str, list[EndpointState]] = {}
+    for s in states:
+        pools.setdefault(s.endpoint.pool, []).append(s)
+    model = models_pb2.Model(
+        name=name,
+        versions=versions,
+        ready=any(s.ready_for(name, "") for s in states),
+        backends=sorted({s.endpoint.backend for s in states}),
+    )
+    for pool_name in sorted(pools):
+        members = sorted(pools[pool_name], key=lambda s: s.endpoint.id)
+        pool = model.pools.add(name=pool_name, ready=any(s.ready_for(name, "") for s in members))
+        for s in members:
+            pool.endpoints.add(
+                id=s.endpoint.id,
+                address=s.endpoint.address,
+                backend=s.endpoint.backend,
+                ready=s.ready_for(name, ""),
+                region=s.endpoint.region,
+                in_flight=s.in_flight,
+                status_message=s.status_message,
+                checked_seconds_ago=(now - s.checked_at) if s.checked_at else -1.0,
+            )
+    return model
+
+
+class ModelsServicer(models_pb2_grpc.ModelsServicer):
+    def __init__(self, table: EndpointTable, metrics: Metrics) -> None:
+        self._table = table
+        self._metrics = metrics
+
+    async def ListModels(self, request: Any, context: Context) -> Any:
+        async def work() -> Any:
+            models = [_model_pb(name, states) for name, states in sorted(self._table.models().items())]
+            if request.ready_only:
+                models = [m for m in models if m.ready]
+            return models_pb2.ListModelsResponse(models=models)
+
+        return await answer("ListModels", self._metrics, context, work)
+
+    async def GetModel(self, request: Any, context: Context) -> Any:
+        async def work() -> Any:
+            if not request.name:
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
+            states = self._table.models().get(request.name)
+            if not states:
+                raise GatewayError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {request.name!r} is not served by any pool",
+                    field="name",
+                )
+            return models_pb2.GetModelResponse(model=_model_pb(request.name, states))
+
+        return await answer("GetModel", self._metrics, context, work)

@@ -1,0 +1,72 @@
+"""Session fixtures: real model servers, started once, in parallel, torn down by process group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tests.procs import Gateway, MLServer, Triton, pool_config
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[dict[str, Triton | MLServer]]:
+    """Two Tritons (a, b) and one MLServer, started side by side."""
+    procs: dict[str, Triton | MLServer] = {"a": Triton(), "b": Triton(), "mlserver": MLServer()}
+    try:
+        for p in procs.values():
+            p.start()
+        for p in procs.values():
+            p.wait_ready()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_a(servers: dict[str, Triton | MLServer]) -> Triton:
+    t = servers["a"]
+    assert isinstance(t, Triton)
+    return t
+
+
+@pytest.fixture(scope="session")
+def triton_b(servers: dict[str, Triton | MLServer]) -> Triton:
+    t = servers["b"]
+    assert isinstance(t, Triton)
+    return t
+
+
+@pytest.fixture(scope="session")
+def mlserver(servers: dict[str, Triton | MLServer]) -> MLServer:
+    m = servers["mlserver"]
+    assert isinstance(m, MLServer)
+    return m
+
+
+MODELS = ["add_sub", "echo_text", "sleep"]
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_a: Triton, triton_b: Triton, mlserver: MLServer) -> Iterator[Gateway]:
+    """A gateway with pool `tritons` (a, b) and pool `mlservers` (sum)."""
+    config = pool_config(
+        {
+            "tritons": [("triton-a", triton_a.address, MODELS), ("triton-b", triton_b.address, MODELS)],
+            "mlservers": [("mlserver-1", mlserver.address, ["sum"])],
+        }
+    )
+    gw = Gateway(config).start()
+    try:
+        gw.wait_serving("tritons").wait_serving("mlservers")
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def channel(gateway: Gateway) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(gateway.address) as ch:
+        yield ch

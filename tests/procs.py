@@ -1,0 +1,240 @@
+"""Real processes for the tests: Triton (pytriton), MLServer and the gateway itself.
+
+Every process starts in its own session on 127.0.0.1 with free ports and is stopped by killing
+its process group, so nothing outlives a test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVS = ROOT / "deploy" / "demo" / "server_envs.py"
+
+
+def server_python(kind: str) -> str:
+    """The python of a model server's venv, created on first use."""
+    out = subprocess.run([sys.executable, str(ENVS), "ensure", kind], check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Proc:
+    """A process in its own session, its output in a log file."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"meshgate-{name}-", suffix=".log")[1])
+
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crash, as far as peers can tell)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+def _grpc_ready(address: str, models: list[str]) -> bool:
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = kpb_grpc.GRPCInferenceServiceStub(ch)
+            if not stub.ServerReady(kpb.ServerReadyRequest(), timeout=1).ready:
+                return False
+            return all(stub.ModelReady(kpb.ModelReadyRequest(name=m), timeout=1).ready for m in models)
+    except grpc.RpcError:
+        return False
+
+
+class Triton(Proc):
+    """A real tritonserver (from nvidia-pytriton) serving deploy/demo/triton_demo.py's models."""
+
+    def __init__(self, models: tuple[str, ...] = ("add_sub", "echo_text", "sleep")) -> None:
+        super().__init__("triton")
+        self.models = list(models)
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> Triton:
+        script = ROOT / "deploy" / "demo" / "triton_demo.py"
+        self.spawn(
+            [
+                server_python("triton"),
+                str(script),
+                f"--grpc-port={self.grpc_port}",
+                f"--http-port={self.http_port}",
+                f"--metrics-port={self.metrics_port}",
+                f"--models={','.join(self.models)}",
+            ]
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> Triton:
+        wait_until(lambda: self._check_alive() and _grpc_ready(self.address, self.models), timeout, "Triton ready")
+        return self
+
+    def _check_alive(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"Triton exited early:\n{self.log()[-3000:]}")
+        return True
+
+
+class MLServer(Proc):
+    """A real MLServer with the `sum` model from tests/servers/mlserver_models."""
+
+    def __init__(self) -> None:
+        super().__init__("mlserver")
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.dir = Path(tempfile.mkdtemp(prefix="meshgate-mlserver-"))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> MLServer:
+        shutil.copytree(ROOT / "tests" / "servers" / "mlserver_models", self.dir, dirs_exist_ok=True)
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port,
+            "parallel_workers": 0,
+        }
+        (self.dir / "settings.json").write_text(json.dumps(settings))
+        bindir = Path(server_python("mlserver")).parent
+        env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        self.spawn([str(bindir / "mlserver"), "start", str(self.dir)], env=env, cwd=str(self.dir))
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> MLServer:
+        def ok() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"MLServer exited early:\n{self.log()[-3000:]}")
+            return _grpc_ready(self.address, ["sum"])
+
+        wait_until(ok, timeout, "MLServer ready")
+        return self
+
+
+class Gateway(Proc):
+    """The real gateway process (`python -m gateway serve --config ...`)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__("gateway")
+        port, mport = free_ports(2)
+        config = dict(config)
+        server = {"listen": f"127.0.0.1:{port}", "shutdown_grace_s": 5.0, **config.get("server", {})}
+        config["server"] = server
+        config.setdefault("metrics", {"listen": f"127.0.0.1:{mport}"})
+        config.setdefault("readiness", {"interval_s": 0.3, "timeout_s": 0.5})
+        self.config = config
+        self.address = server["listen"]
+        self.metrics_port = mport
+        fd, path = tempfile.mkstemp(prefix="meshgate-config-", suffix=".yaml")
+        os.close(fd)
+        self.config_path = Path(path)
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self) -> Gateway:
+        self.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)], cwd=str(ROOT))
+        wait_until(lambda: self._started(), 20, "gateway to listen")
+        return self
+
+    def _started(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"gateway exited early:\n{self.log()[-3000:]}")
+        return re.search(r"meshgate: serving on", self.log()) is not None
+
+    def health(self, service: str = "") -> int:
+        with grpc.insecure_channel(self.address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            return int(resp.status)
+
+    def wait_serving(self, service: str = "", timeout: float = 30, serving: bool = True) -> Gateway:
+        want = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_until(lambda: self.health(service) == want, timeout, f"health {service!r} == {want}")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+def pool_config(pools: dict[str, list[tuple[str, str, list[str]]]], **extra: Any) -> dict[str, Any]:
+    """{'pool': [(id, address, models)]} -> gateway config dict (backend inferred from the id prefix)."""
+    out: dict[str, Any] = {"pools": {}}
+    for name, eps in pools.items():
+        out["pools"][name] = {
+            "endpoints": [
+                {"id": i, "address": a, "backend": "kserve_v2" if i.startswith("mlserver") else "triton", "models": m}
+                for i, a, m in eps
+            ]
+        }
+    out.update(extra)
+    return out
