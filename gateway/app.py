@@ -104,7 +104,10 @@ class Gateway:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(cfg.listen)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError as err:  # grpc raises RuntimeError("Failed to bind ...")
+            raise OSError(f"cannot listen on {cfg.listen}: {err}") from None
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
         await self.health.set("", NOT_SERVING)

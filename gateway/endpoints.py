@@ -116,16 +116,21 @@ class EndpointTable:
         states = self._by_model.get(model)
         if not states:
             raise GatewayError(
-                grpc.StatusCode.NOT_FOUND, f"model {model!r} is not served by any pool", field="model"
+                grpc.StatusCode.NOT_FOUND,
+                f"model: {model!r} is not served by any pool",
+                field="model",
             )
         if version:
-            states = [s for s in states if s.serves(model, version)]
-            if not states:
+            matching = [s for s in states if s.serves(model, version)]
+            if not matching:
+                known = sorted({r.version for s in states for r in s.endpoint.models if r.name == model})
                 raise GatewayError(
                     grpc.StatusCode.NOT_FOUND,
-                    f"model {model!r} version {version!r} is not served by any pool",
+                    f"model_version: model {model!r} version {version!r} is not served by any pool"
+                    f" (served versions: {', '.join(known)})",
                     field="model_version",
                 )
+            return matching
         return states
 
     def states(self) -> Iterable[EndpointState]:

@@ -14,7 +14,9 @@ from grpc_status import rpc_status
 
 
 class GatewayError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, *, field: str = "", description: str = "") -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, field: str = "", description: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -26,7 +28,9 @@ class GatewayError(Exception):
         if self.field:
             bad = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.description)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.description
+                    )
                 ]
             )
             detail.details.add().Pack(bad)
@@ -36,7 +40,9 @@ class GatewayError(Exception):
 
 def invalid(field: str, message: str) -> GatewayError:
     """INVALID_ARGUMENT about `field` (dotted path, e.g. inputs[0].shape)."""
-    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field=field, description=message)
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field=field, description=message
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], err: GatewayError) -> NoReturn:

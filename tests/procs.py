@@ -6,6 +6,7 @@ its process group, so nothing outlives a test run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +32,9 @@ ENVS = ROOT / "deploy" / "demo" / "server_envs.py"
 
 def server_python(kind: str) -> str:
     """The python of a model server's venv, created on first use."""
-    out = subprocess.run([sys.executable, str(ENVS), "ensure", kind], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ENVS), "ensure", kind], check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -80,10 +83,8 @@ class Proc:
         """SIGKILL the whole process group (a crash, as far as peers can tell)."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -136,7 +137,9 @@ class Triton(Proc):
         return self
 
     def wait_ready(self, timeout: float = 90) -> Triton:
-        wait_until(lambda: self._check_alive() and _grpc_ready(self.address, self.models), timeout, "Triton ready")
+        wait_until(
+            lambda: self._check_alive() and _grpc_ready(self.address, self.models), timeout, "Triton ready"
+        )
         return self
 
     def _check_alive(self) -> bool:
@@ -202,7 +205,9 @@ class Gateway(Proc):
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self) -> Gateway:
-        self.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)], cwd=str(ROOT))
+        self.spawn(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)], cwd=str(ROOT)
+        )
         wait_until(lambda: self._started(), 20, "gateway to listen")
         return self
 
@@ -213,11 +218,15 @@ class Gateway(Proc):
 
     def health(self, service: str = "") -> int:
         with grpc.insecure_channel(self.address) as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
             return int(resp.status)
 
     def wait_serving(self, service: str = "", timeout: float = 30, serving: bool = True) -> Gateway:
-        want = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        want = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         wait_until(lambda: self.health(service) == want, timeout, f"health {service!r} == {want}")
         return self
 
@@ -232,7 +241,12 @@ def pool_config(pools: dict[str, list[tuple[str, str, list[str]]]], **extra: Any
     for name, eps in pools.items():
         out["pools"][name] = {
             "endpoints": [
-                {"id": i, "address": a, "backend": "kserve_v2" if i.startswith("mlserver") else "triton", "models": m}
+                {
+                    "id": i,
+                    "address": a,
+                    "backend": "kserve_v2" if i.startswith("mlserver") else "triton",
+                    "models": m,
+                }
                 for i, a, m in eps
             ]
         }

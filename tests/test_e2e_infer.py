@@ -47,7 +47,8 @@ def test_infer_typed_contents_and_requested_output(channel: grpc.Channel) -> Non
 def test_infer_bytes_tensor(channel: grpc.Channel) -> None:
     raw = b"".join(len(s).to_bytes(4, "little") + s for s in (b"hello", b"mesh"))
     req = inference_pb2.InferRequest(
-        model="echo_text", inputs=[tensor_pb2.Tensor(name="TEXT", datatype="DATA_TYPE_BYTES", shape=[2], raw=raw)]
+        model="echo_text",
+        inputs=[tensor_pb2.Tensor(name="TEXT", datatype="DATA_TYPE_BYTES", shape=[2], raw=raw)],
     )
     resp = infer(channel, req)
     out = resp.outputs[0]
@@ -73,7 +74,9 @@ def test_infer_on_mlserver(channel: grpc.Channel) -> None:
     (t,) = resp.outputs
     assert t.name == "total"
     values = (
-        np.frombuffer(t.raw, dtype="<f4") if t.WhichOneof("data") == "raw" else np.asarray(t.contents.fp32_contents)
+        np.frombuffer(t.raw, dtype="<f4")
+        if t.WhichOneof("data") == "raw"
+        else np.asarray(t.contents.fp32_contents)
     )
     np.testing.assert_allclose(values, [10.5])
 
@@ -147,7 +150,9 @@ def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
 
 def test_metrics_page_counts_calls(gateway: Gateway, channel: grpc.Channel) -> None:
     infer(channel, add_sub_request([1], [1]))
-    page = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5).read().decode()
+    page = (
+        urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5).read().decode()
+    )
     assert 'meshgate_requests_total{code="OK",method="Infer"}' in page
     assert 'meshgate_endpoint_ready{endpoint="triton-a",pool="tritons"} 1.0' in page
     assert "meshgate_backend_request_duration_seconds_bucket" in page

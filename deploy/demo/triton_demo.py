@@ -6,7 +6,8 @@ Runs in its own venv (deploy/demo/server_envs.py). Used by `make run` and by the
 Models:
   add_sub    INPUT0, INPUT1 FP32 [-1]  -> OUTPUT0 = a + b, OUTPUT1 = a - b
   echo_text  TEXT BYTES [-1]           -> TEXT upper-cased
-  sleep      MS INT64 [1]              -> MS, after sleeping that many milliseconds (4 instances)
+  sleep      MS INT64 [1]              -> MS, after sleeping that many milliseconds (one instance:
+             concurrent calls queue in Triton; pytriton races when several instances start)
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ def sleep(requests):
 MODELS = {
     "add_sub": dict(
         infer_func=add_sub,
-        inputs=[Tensor(name="INPUT0", dtype=np.float32, shape=(-1,)), Tensor(name="INPUT1", dtype=np.float32, shape=(-1,))],
-        outputs=[Tensor(name="OUTPUT0", dtype=np.float32, shape=(-1,)), Tensor(name="OUTPUT1", dtype=np.float32, shape=(-1,))],
+        inputs=[
+            Tensor(name="INPUT0", dtype=np.float32, shape=(-1,)),
+            Tensor(name="INPUT1", dtype=np.float32, shape=(-1,)),
+        ],
+        outputs=[
+            Tensor(name="OUTPUT0", dtype=np.float32, shape=(-1,)),
+            Tensor(name="OUTPUT1", dtype=np.float32, shape=(-1,)),
+        ],
     ),
     "echo_text": dict(
         infer_func=echo_text,
@@ -58,7 +65,7 @@ MODELS = {
         outputs=[Tensor(name="TEXT", dtype=np.bytes_, shape=(-1,))],
     ),
     "sleep": dict(
-        infer_func=[sleep] * 4,
+        infer_func=sleep,
         inputs=[Tensor(name="MS", dtype=np.int64, shape=(1,))],
         outputs=[Tensor(name="MS", dtype=np.int64, shape=(1,))],
     ),
@@ -84,16 +91,22 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="meshgate-triton-") as workspace, Triton(
-        config=config,
-        workspace=os.path.join(workspace, "ws"),
-        security_config=TritonSecurityConfig(restricted_endpoints=[]),
-    ) as triton:
+    with (
+        tempfile.TemporaryDirectory(prefix="meshgate-triton-") as workspace,
+        Triton(
+            config=config,
+            workspace=os.path.join(workspace, "ws"),
+            security_config=TritonSecurityConfig(restricted_endpoints=[]),
+        ) as triton,
+    ):
         for name in args.models.split(","):
             triton.bind(model_name=name, config=ModelConfig(batching=False), strict=False, **MODELS[name])
         triton.run()
-        print(f"triton: serving {args.models} on grpc 127.0.0.1:{args.grpc_port}, "
-              f"metrics http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+        print(
+            f"triton: serving {args.models} on grpc 127.0.0.1:{args.grpc_port}, "
+            f"metrics http://127.0.0.1:{args.metrics_port}/metrics",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
     return 0
