@@ -46,13 +46,15 @@ mypy: venv
 
 lint: ruff mypy
 
+# buf from npm: the same lint that Go/Java/TypeScript consumers of protos/ would run.
 buf-lint:
-	cd $(PROTO_DIR) && npx --yes @bufbuild/buf lint
+	cd $(PROTO_DIR) && npx --yes @bufbuild/buf@1.75.0 lint
 
-test: venv system-deps servers ruff
+test: venv servers ruff buf-lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-run: venv servers
+run: venv proto
+	$(BIN)/python deploy/demo/server_envs.py ensure triton >/dev/null
 	$(BIN)/python deploy/demo/run_demo.py $(if $(CONFIG),--config $(CONFIG),)
 
 bench-overhead: venv system-deps

@@ -7,7 +7,8 @@ from typing import Any
 from meshgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
 
 from adapters import InferCall, InferResult, RequestedOutput, Tensor
-from adapters.kserve_wire import count_contents, params_from_pb
+from adapters.kserve_wire import CONTENTS_FIELD, count_contents, params_from_pb
+from adapters.tensor_codec import decode_raw
 
 from ..config import ServerConfig
 from ..director import Director, Route
@@ -58,7 +59,18 @@ def _set_params(params: Any, target: Any) -> None:
             p.string_value = value
 
 
-def response_to_pb(result: InferResult, route: Route) -> Any:
+def _raw_to_contents(t: Tensor, contents: Any) -> bool:
+    """Fill typed contents from raw bytes; False when the datatype has no typed form."""
+    field = CONTENTS_FIELD.get(t.datatype)
+    if field is None or t.raw is None:
+        return False
+    values = decode_raw(t.raw, t.datatype)
+    getattr(contents, field).extend(values if t.datatype == "BYTES" else values.tolist())
+    return True
+
+
+def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> Any:
+    """InferResult -> InferResponse; `typed` turns raw outputs into typed contents."""
     resp = inference_pb2.InferResponse(
         model=result.model,
         model_version=result.version,
@@ -70,7 +82,8 @@ def response_to_pb(result: InferResult, route: Route) -> Any:
     for t in result.outputs:
         out = resp.outputs.add(name=t.name, datatype=DTYPE_NUMBERS.get(t.datatype, 0), shape=t.shape)
         if t.raw is not None:
-            out.raw = t.raw
+            if not (typed and _raw_to_contents(t, out.contents)):
+                out.raw = t.raw
         elif t.contents is not None:
             out.contents.MergeFromString(t.contents)
         if t.parameters:
@@ -92,6 +105,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             routed = await self._director.infer(
                 call, call_timeout(context, self._server), request.routing.preferred_region
             )
-            return response_to_pb(routed.value, routed.route)
+            # Callers that send typed contents (JSON clients, buf curl) get typed outputs back.
+            typed = all(t.raw is None for t in call.inputs)
+            return response_to_pb(routed.value, routed.route, typed)
 
         return await answer("Infer", self._metrics, context, work)
