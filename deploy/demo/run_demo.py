@@ -43,7 +43,9 @@ def all_ready(address: str) -> bool:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             if resp.status != health_pb2.HealthCheckResponse.SERVING:
                 return False
-            models = models_pb2_grpc.ModelsStub(ch).ListModels(models_pb2.ListModelsRequest(), timeout=1).models
+            models = (
+                models_pb2_grpc.ModelsStub(ch).ListModels(models_pb2.ListModelsRequest(), timeout=1).models
+            )
             return bool(models) and all(m.ready for m in models)
     except grpc.RpcError:
         return False
@@ -68,10 +70,16 @@ def main() -> int:
     args = ap.parse_args()
     busy = [p for p in (8000, 8001, 8002, 8700, 8701) if not port_free(p)]
     if busy:
-        print(f"make run: port(s) {busy} on 127.0.0.1 are in use; stop what holds them and retry", file=sys.stderr)
+        print(
+            f"make run: port(s) {busy} on 127.0.0.1 are in use; stop what holds them and retry",
+            file=sys.stderr,
+        )
         return 1
     triton_python = subprocess.run(
-        [sys.executable, str(HERE / "server_envs.py"), "ensure", "triton"], check=True, capture_output=True, text=True
+        [sys.executable, str(HERE / "server_envs.py"), "ensure", "triton"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()[-1]
     procs: list[subprocess.Popen[bytes]] = []
     interrupted = False
@@ -84,7 +92,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         log_path = Path(tempfile.gettempdir()) / "meshgate-demo-triton.log"
-        print(f"make run: starting Triton (CPU) with models add_sub, echo_text, sleep (log: {log_path}) ...", flush=True)
+        print(
+            f"make run: starting Triton (CPU) with models add_sub, echo_text, sleep (log: {log_path}) ...",
+            flush=True,
+        )
         with log_path.open("wb") as log:
             triton = subprocess.Popen(
                 [triton_python, str(HERE / "triton_demo.py")], start_new_session=True, stdout=log, stderr=log
