@@ -11,9 +11,9 @@ Error tree::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -66,7 +66,13 @@ class RequestedOutput:
 
 @dataclass(frozen=True, slots=True)
 class InferCall:
-    """One inference, as the director and adapters see it."""
+    """One inference, as the director and adapters see it.
+
+    `wire` is the caller's original request message when it arrived in a backend protocol
+    (today: a KServe v2 ModelInferRequest at the Triton-compatible door). An adapter that speaks
+    that protocol forwards it untouched instead of re-encoding the fields above, which say the
+    same thing; every other consumer reads the fields. Nothing may modify it.
+    """
 
     model: str
     version: str
@@ -74,15 +80,58 @@ class InferCall:
     inputs: tuple[Tensor, ...]
     outputs: tuple[RequestedOutput, ...] = ()
     parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    wire: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+Decoded = tuple[tuple[Tensor, ...], Mapping[str, ParamValue]]
+
+
 class InferResult:
-    model: str
-    version: str
-    request_id: str
-    outputs: tuple[Tensor, ...]
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    """The result of an inference.
+
+    `wire` is the backend's own response message when the adapter has one: a front door that
+    speaks the same protocol returns it untouched. `outputs` and `parameters` are decoded from it
+    on first access (by `decode`), so the pass-through path never pays for them.
+    """
+
+    __slots__ = ("_decode", "_outputs", "_parameters", "model", "request_id", "version", "wire")
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        request_id: str,
+        outputs: tuple[Tensor, ...] = (),
+        parameters: Mapping[str, ParamValue] | None = None,
+        *,
+        wire: Any = None,
+        decode: Callable[[Any], Decoded] | None = None,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.request_id = request_id
+        self._outputs = outputs
+        self._parameters: Mapping[str, ParamValue] = parameters or {}
+        self.wire = wire
+        self._decode = decode
+
+    def _load(self) -> None:
+        if self._decode is not None:
+            self._outputs, self._parameters = self._decode(self.wire)
+            self._decode = None
+
+    @property
+    def outputs(self) -> tuple[Tensor, ...]:
+        self._load()
+        return self._outputs
+
+    @property
+    def parameters(self) -> Mapping[str, ParamValue]:
+        self._load()
+        return self._parameters
+
+    def __repr__(self) -> str:
+        return f"InferResult(model={self.model!r}, version={self.version!r}, request_id={self.request_id!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
-from .base import InferCall, InferResult, ParamValue, RequestedOutput, Tensor
+from .base import Decoded, InferCall, InferResult, ParamValue, RequestedOutput, Tensor
 
 # Which InferTensorContents field carries each datatype's typed values.
 CONTENTS_FIELD: Mapping[str, str] = {
@@ -105,11 +105,17 @@ def call_from_request(req: Any) -> InferCall:
         inputs=tuple(inputs),
         outputs=outputs,
         parameters=params_from_pb(req.parameters),
+        wire=req,
     )
 
 
 def request_from_call(call: InferCall) -> Any:
-    """InferCall -> ModelInferRequest. All-raw or all-typed, as KServe v2 requires."""
+    """InferCall -> ModelInferRequest (the caller's own message when it came in as one).
+
+    All-raw or all-typed, as KServe v2 requires.
+    """
+    if type(call.wire) is pb.ModelInferRequest:
+        return call.wire
     req = pb.ModelInferRequest(model_name=call.model, model_version=call.version, id=call.request_id)
     all_raw = all(t.raw is not None for t in call.inputs)
     for t in call.inputs:
@@ -152,7 +158,12 @@ def _raw_into_contents(t: Tensor, contents: Any) -> None:
 
 
 def result_from_response(resp: Any) -> InferResult:
-    """ModelInferResponse -> InferResult."""
+    """ModelInferResponse -> InferResult that carries it; outputs are decoded only if read."""
+    return InferResult(resp.model_name, resp.model_version, resp.id, wire=resp, decode=decode_response)
+
+
+def decode_response(resp: Any) -> Decoded:
+    """ModelInferResponse -> (outputs, parameters)."""
     raws = resp.raw_output_contents
     n_raw = len(raws)
     outputs = []
@@ -169,17 +180,16 @@ def result_from_response(resp: Any) -> InferResult:
                 parameters=params_from_pb(t.parameters),
             )
         )
-    return InferResult(
-        model=resp.model_name,
-        version=resp.model_version,
-        request_id=resp.id,
-        outputs=tuple(outputs),
-        parameters=params_from_pb(resp.parameters),
-    )
+    return tuple(outputs), params_from_pb(resp.parameters)
 
 
 def response_from_result(result: InferResult) -> Any:
-    """InferResult -> ModelInferResponse (raw outputs stay raw)."""
+    """InferResult -> ModelInferResponse: the backend's own message when it sent one.
+
+    Raw outputs stay raw.
+    """
+    if type(result.wire) is pb.ModelInferResponse:
+        return result.wire
     resp = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.request_id)
     all_raw = all(t.raw is not None for t in result.outputs)
     for t in result.outputs:

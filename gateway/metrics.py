@@ -1,81 +1,126 @@
 """Every Prometheus metric of the gateway, in one place (prefix meshgate_, bounded labels).
 
-Per-endpoint gauges are read from the endpoint table at scrape time by a collector, so the
-request path only touches two counters and two histograms.
+The request path must stay cheap: prometheus_client's Counter/Histogram take a lock per update
+and walk buckets in Python, which costs ~40 us per call under load on these machines (measured
+with bench/overhead.py). So per-call metrics are plain ints in dicts, updated only from the event
+loop thread, and turned into metric families at scrape time by a collector. A scrape may see a
+histogram's count and sum one observation apart; Prometheus tolerates that.
+Per-endpoint gauges are read from the endpoint table at scrape time too.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .endpoints import EndpointState
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and sum for one label set."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last slot: +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "meshgate_requests_total",
-            "Calls answered by the gateway, by RPC method and gRPC status code.",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "meshgate_request_duration_seconds",
-            "Time from a call's arrival to its answer, by RPC method.",
-            ["method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.backend_requests = Counter(
-            "meshgate_backend_requests_total",
-            "Calls sent to backends, by pool, endpoint and gRPC status code.",
-            ["pool", "endpoint", "code"],
-            registry=registry,
-        )
-        self.backend_seconds = Histogram(
-            "meshgate_backend_request_duration_seconds",
-            "Backend call latency as seen by the gateway, by pool.",
-            ["pool"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.requests: dict[tuple[str, str], int] = {}
+        self.request_seconds: dict[tuple[str], _Histogram] = {}
+        self.backend_requests: dict[tuple[str, str, str], int] = {}
+        self.backend_seconds: dict[tuple[str], _Histogram] = {}
         self.retries = Counter(
             "meshgate_retries_total",
             "Calls retried on another endpoint, by pool.",
             ["pool"],
             registry=registry,
         )
-        self._children: dict[tuple[str, ...], Callable[..., None]] = {}
+        registry.register(_CallCollector(self))
 
     def request_done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = ("r", method, code.name)
-        inc = self._children.get(key)
-        if inc is None:
-            inc = self._children[key] = self.requests.labels(method, code.name).inc
-            self._children[("rs", method)] = self.request_seconds.labels(method).observe
-        inc()
-        self._children[("rs", method)](seconds)
+        """A call answered by the gateway. Event loop thread only."""
+        key = (method, code.name)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.request_seconds.get((method,))
+        if hist is None:
+            hist = self.request_seconds[(method,)] = _Histogram()
+        hist.observe(seconds)
 
     def backend_done(self, pool: str, endpoint: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = ("b", pool, endpoint, code.name)
-        inc = self._children.get(key)
-        if inc is None:
-            inc = self._children[key] = self.backend_requests.labels(pool, endpoint, code.name).inc
-            self._children[("bs", pool)] = self.backend_seconds.labels(pool).observe
-        inc()
-        self._children[("bs", pool)](seconds)
+        """A call to a backend finished. Event loop thread only."""
+        key = (pool, endpoint, code.name)
+        self.backend_requests[key] = self.backend_requests.get(key, 0) + 1
+        hist = self.backend_seconds.get((pool,))
+        if hist is None:
+            hist = self.backend_seconds[(pool,)] = _Histogram()
+        hist.observe(seconds)
 
     def watch_endpoints(self, states: Callable[[], Iterable[EndpointState]]) -> None:
         self.registry.register(_EndpointCollector(states))
+
+
+def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple[str], _Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for key, hist in list(data.items()):
+        counts = list(hist.counts)
+        cumulative, buckets = 0, []
+        for bound, n in zip([*LATENCY_BUCKETS, float("inf")], counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        family.add_metric(list(key), buckets, hist.sum)
+    return family
+
+
+class _CallCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "meshgate_requests",
+            "Calls answered by the gateway, by RPC method and gRPC status code.",
+            labels=["method", "code"],
+        )
+        for key, n in list(m.requests.items()):
+            requests.add_metric(list(key), n)
+        yield requests
+        yield _histogram_family(
+            "meshgate_request_duration_seconds",
+            "Time from a call's arrival to its answer, by RPC method.",
+            ["method"],
+            m.request_seconds,
+        )
+        backend = CounterMetricFamily(
+            "meshgate_backend_requests",
+            "Calls sent to backends, by pool, endpoint and gRPC status code.",
+            labels=["pool", "endpoint", "code"],
+        )
+        for bkey, n in list(m.backend_requests.items()):
+            backend.add_metric(list(bkey), n)
+        yield backend
+        yield _histogram_family(
+            "meshgate_backend_request_duration_seconds",
+            "Backend call latency as seen by the gateway, by pool.",
+            ["pool"],
+            m.backend_seconds,
+        )
 
 
 class _EndpointCollector(Collector):
@@ -97,7 +142,7 @@ class _EndpointCollector(Collector):
             labels=["pool", "endpoint"],
         )
         now = time.monotonic()
-        for s in self._states():
+        for s in list(self._states()):
             labels = [s.endpoint.pool, s.endpoint.id]
             ready.add_metric(labels, 1.0 if s.live and s.ready_models else 0.0)
             inflight.add_metric(labels, float(s.in_flight))

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""make bench-overhead: what does meshgate add on top of a direct call?
+
+Side by side, in one run, on loopback, unary KServe v2 ModelInfer with 1 KiB and 64 KiB tensors at
+concurrency 1 and 64:
+
+  direct      h2load -> backend
+  bare-proxy  h2load -> bench/bare_proxy.py (grpc.aio, raw bytes, no policy) -> backend
+  meshgate    h2load -> meshgate (1 process), its KServe v2 door -> backend
+  meshgate-v1 the same gateway, called through meshgate.v1.Inference/Infer (typed API: converts)
+  meshgate-2w h2load -> meshgate --workers 2  -> backend
+  nginx       h2load -> nginx grpc_pass (1 worker, the C reference) -> backend
+
+The backend is nginx answering every call with a fixed, pre-encoded ModelInferResponse and a
+`grpc-status: 0` trailer, so it is never the bottleneck. h2load (C) is the load generator; it
+checks only HTTP status, so each path is first verified with a real gRPC call (grpc-status OK,
+response decodes). Latency percentiles come from h2load's per-request log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+V1_METHOD = "/meshgate.v1.Inference/Infer"
+SIZES = {"1KiB": 1024, "64KiB": 64 * 1024}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def frame(msg: Any) -> bytes:
+    body = msg.SerializeToString()
+    return b"\0" + len(body).to_bytes(4, "big") + body
+
+
+def write_payloads(work: Path, label: str, size: int) -> Path:
+    n = size // 4
+    data = np.arange(n, dtype="<f4").tobytes()
+    req = pb.ModelInferRequest(model_name="bench")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[n])
+    req.raw_input_contents.append(data)
+    body = work / f"request-{label}.bin"
+    body.write_bytes(frame(req))
+    from meshgate.v1 import inference_pb2, tensor_pb2
+
+    v1 = inference_pb2.InferRequest(
+        model="bench",
+        inputs=[tensor_pb2.Tensor(name="INPUT0", datatype="DATA_TYPE_FP32", shape=[n], raw=data)],
+    )
+    (work / f"request-{label}-v1.bin").write_bytes(frame(v1))
+    replies = work / f"replies-{label}" / "inference.GRPCInferenceService"
+    replies.mkdir(parents=True)
+    resp = pb.ModelInferResponse(model_name="bench", model_version="1")
+    resp.outputs.add(name="OUTPUT0", datatype="FP32", shape=[n])
+    resp.raw_output_contents.append(data)
+    (replies / "ModelInfer").write_bytes(frame(resp))
+    (replies / "ServerLive").write_bytes(frame(pb.ServerLiveResponse(live=True)))
+    (replies / "ServerReady").write_bytes(frame(pb.ServerReadyResponse(ready=True)))
+    (replies / "ModelReady").write_bytes(frame(pb.ModelReadyResponse(ready=True)))
+    return body
+
+
+NGINX_HEAD = """
+worker_processes 1;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/tmp-{name};
+  proxy_temp_path {work}/tmp-{name};
+  client_max_body_size 0;
+  http2_max_concurrent_streams 1024;
+  keepalive_requests 1000000;
+"""
+
+BACKEND_SERVER = """
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{
+      # A static file answers GET only: POST -> 405 -> internal GET of the same URI -> 200.
+      root {root};
+      default_type application/grpc;
+      error_page 405 =200 $uri;
+      add_trailer grpc-status 0 always;
+    }}
+  }}
+"""
+
+PROXY_SERVER = """
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{ grpc_pass grpc://127.0.0.1:{upstream}; }}
+  }}
+"""
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=f, start_new_session=True, env=env, cwd=ROOT)
+
+
+def nginx(work: Path, name: str, servers: str) -> subprocess.Popen[bytes]:
+    conf = work / f"{name}.conf"
+    conf.write_text(NGINX_HEAD.format(work=work, name=name) + servers + "}\n")
+    (work / f"tmp-{name}").mkdir(exist_ok=True)
+    return start(["nginx", "-p", str(work), "-c", str(conf)], work / f"{name}.log")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in the group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp) after the ')' split is index 2
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def verify(port: int, body: Path, method: str) -> None:
+    """One real gRPC call: grpc-status OK and a decodable response with the output."""
+    payload = body.read_bytes()[5:]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                raw = ch.unary_unary(method)(payload, timeout=2)
+            if method == METHOD:
+                resp = pb.ModelInferResponse.FromString(raw)
+                assert resp.model_name == "bench" and len(resp.raw_output_contents) == 1
+            else:
+                from meshgate.v1 import inference_pb2
+
+                v1 = inference_pb2.InferResponse.FromString(raw)
+                assert v1.model == "bench" and v1.outputs[0].raw
+            return
+        except grpc.RpcError as err:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port}: {err.code().name} {err.details()}") from None
+            time.sleep(0.3)
+
+
+def h2load(
+    port: int, body: Path, concurrency: int, seconds: float, work: Path, method: str
+) -> dict[str, float]:
+    conns, streams = (1, 1) if concurrency == 1 else (8, concurrency // 8)
+    log = work / f"h2load-{port}-{concurrency}.tsv"
+    log.unlink(missing_ok=True)
+    cmd = [
+        "h2load",
+        "-t",
+        "1",
+        "-c",
+        str(conns),
+        "-m",
+        str(streams),
+        "-D",
+        f"{seconds:g}",
+        "--warm-up-time",
+        "1",
+        "-d",
+        str(body),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--log-file",
+        str(log),
+        f"http://127.0.0.1:{port}{method}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    # Status 0: the request was still in flight when the run stopped (h2load's summary, checked
+    # below, counts real failures).
+    rows = [r for r in rows if int(r[1]) != 0]
+    lat_ms = sorted(int(r[2]) / 1000 for r in rows)
+    bad = sum(1 for r in rows if int(r[1]) != 200)
+    if bad or " 0 failed, 0 errored" not in out:
+        raise RuntimeError(f"h2load saw {bad} non-200 responses:\n{out}")
+    return {
+        "calls": len(lat_ms),
+        "rps": len(lat_ms) / seconds,
+        "p50_ms": statistics.median(lat_ms),
+        "p99_ms": lat_ms[int(len(lat_ms) * 0.99) - 1],
+    }
+
+
+def meshgate_config(work: Path, port: int, backend: int, label: str) -> Path:
+    path = work / f"meshgate-{label}.yaml"
+    path.write_text(
+        f"""
+log_level: WARNING
+server: {{listen: "127.0.0.1:{port}"}}
+metrics: {{listen: "127.0.0.1:0"}}
+pools:
+  bench:
+    endpoints:
+      - {{id: nginx-backend, address: "127.0.0.1:{backend}", backend: kserve_v2, models: [bench]}}
+"""
+    )
+    return path
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user and read the replies
+    py = sys.executable
+    results: dict[str, Any] = {}
+    for label, size in SIZES.items():
+        if args.sizes and label not in args.sizes:
+            continue
+        body = write_payloads(work, label, size)
+        backend_port = free_port()
+        backend = nginx(
+            work, f"backend-{label}", BACKEND_SERVER.format(port=backend_port, root=work / f"replies-{label}")
+        )
+        targets: dict[str, tuple[int, subprocess.Popen[bytes] | None]] = {"direct": (backend_port, None)}
+        v1_body = work / f"request-{label}-v1.bin"
+        p = free_port()
+        targets["bare-proxy"] = (
+            p,
+            start(
+                [
+                    py,
+                    "bench/bare_proxy.py",
+                    "--listen",
+                    f"127.0.0.1:{p}",
+                    "--upstream",
+                    f"127.0.0.1:{backend_port}",
+                ],
+                work / "bare.log",
+            ),
+        )
+        for name, workers in (("meshgate", 1), ("meshgate-2w", 2)):
+            p = free_port()
+            cfg = meshgate_config(work, p, backend_port, f"{label}-{workers}")
+            cmd = [py, "-m", "gateway", "serve", "--config", str(cfg), "--workers", str(workers)]
+            targets[name] = (p, start(cmd, work / f"{name}.log"))
+            if workers == 1:
+                targets["meshgate-v1"] = targets[name]
+        p = free_port()
+        targets["nginx"] = (
+            p,
+            nginx(work, f"proxy-{label}", PROXY_SERVER.format(port=p, upstream=backend_port)),
+        )
+        try:
+            for name, (port, _) in targets.items():
+                verify(port, *((v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)))
+            for conc in args.concurrency:
+                row: dict[str, Any] = {}
+                for name, (port, proc) in targets.items():
+                    cpu0 = group_cpu_seconds(proc.pid) if proc else 0.0
+                    load = (v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)
+                    stats = h2load(port, load[0], conc, args.seconds, work, load[1])
+                    if proc:
+                        # CPU of the proxy (all its processes) per call, warm-up included in both.
+                        stats["cpu_ms_per_call"] = (
+                            (group_cpu_seconds(proc.pid) - cpu0) * 1000 / max(stats["calls"], 1)
+                        )
+                    row[name] = stats
+                    print(
+                        f"  {label:6} c={conc:<3} {name:12} {stats['rps']:9.0f} req/s  p50 {stats['p50_ms']:7.3f} ms"
+                        f"  p99 {stats['p99_ms']:7.3f} ms",
+                        flush=True,
+                    )
+                results[f"{label}/c{conc}"] = row
+        finally:
+            for _, proc in targets.values():
+                if proc:
+                    stop(proc)
+            stop(backend)
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "| payload / concurrency | path | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU ms/call |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    summary = []
+    for key, row in results.items():
+        direct = row["direct"]["p50_ms"]
+        for name, s in row.items():
+            added = "" if name == "direct" else f"{s['p50_ms'] - direct:.3f}"
+            cpu = f"{s['cpu_ms_per_call']:.3f}" if "cpu_ms_per_call" in s else ""
+            lines.append(
+                f"| {key} | {name} | {s['rps']:.0f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {added} | {cpu} |"
+            )
+        mg, bare, ng = row["meshgate"], row["bare-proxy"], row["nginx"]
+        added_mg, added_bare = mg["p50_ms"] - direct, bare["p50_ms"] - direct
+        summary.append(
+            f"| {key} | {added_mg / added_bare:.2f} | {mg['rps'] / bare['rps']:.2f} | {mg['rps'] / ng['rps']:.2f} |"
+            f" {row['meshgate-v1']['rps'] / bare['rps']:.2f} | {row['meshgate-2w']['rps'] / mg['rps']:.2f} |"
+        )
+    lines += [
+        "",
+        "| payload / concurrency | meshgate/bare added p50 | meshgate/bare req/s | meshgate/nginx req/s"
+        " | meshgate-v1/bare req/s | 2 workers/1 req/s |",
+        "|---|---:|---:|---:|---:|---:|",
+        *summary,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--sizes", nargs="*", choices=list(SIZES), default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.json"))
+    args = ap.parse_args()
+    print(f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.seconds:.0f} s per run", flush=True)
+    results = run(args)
+    table = report(results)
+    print("\n" + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
