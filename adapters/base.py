@@ -12,12 +12,15 @@ Error tree::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
 ParamValue = bool | int | str | float
+# Shared immutable default for parameter maps.
+NO_PARAMS: Mapping[str, ParamValue] = MappingProxyType({})
 
 # KServe v2 datatypes and their size in bytes in raw form (BYTES is variable: 0).
 DATATYPE_SIZES: Mapping[str, int] = {
@@ -38,8 +41,12 @@ DATATYPE_SIZES: Mapping[str, int] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Tensor:
+# Request-path value objects are NamedTuples: immutable like frozen dataclasses, but built ~3x
+# faster (a frozen dataclass sets each field through object.__setattr__), which shows in
+# bench/overhead.py. Build them with keywords.
+
+
+class Tensor(NamedTuple):
     """A tensor crossing the gateway.
 
     Exactly one of `raw` and `contents` is set. `raw` is little-endian row-major bytes
@@ -55,17 +62,15 @@ class Tensor:
     raw: bytes | None = None
     contents: bytes | None = None
     n_contents: int = 0
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    parameters: Mapping[str, ParamValue] = NO_PARAMS
 
 
-@dataclass(frozen=True, slots=True)
-class RequestedOutput:
+class RequestedOutput(NamedTuple):
     name: str
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    parameters: Mapping[str, ParamValue] = NO_PARAMS
 
 
-@dataclass(frozen=True, slots=True)
-class InferCall:
+class InferCall(NamedTuple):
     """One inference, as the director and adapters see it.
 
     `wire` is the caller's original request message when it arrived in a backend protocol
@@ -79,8 +84,8 @@ class InferCall:
     request_id: str
     inputs: tuple[Tensor, ...]
     outputs: tuple[RequestedOutput, ...] = ()
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
-    wire: Any = field(default=None, compare=False, repr=False)
+    parameters: Mapping[str, ParamValue] = NO_PARAMS
+    wire: Any = None
 
 
 Decoded = tuple[tuple[Tensor, ...], Mapping[str, ParamValue]]
@@ -111,7 +116,7 @@ class InferResult:
         self.version = version
         self.request_id = request_id
         self._outputs = outputs
-        self._parameters: Mapping[str, ParamValue] = parameters or {}
+        self._parameters: Mapping[str, ParamValue] = parameters or NO_PARAMS
         self.wire = wire
         self._decode = decode
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
-from .base import Decoded, InferCall, InferResult, ParamValue, RequestedOutput, Tensor
+from .base import NO_PARAMS, Decoded, InferCall, InferResult, ParamValue, RequestedOutput, Tensor
 
 # Which InferTensorContents field carries each datatype's typed values.
 CONTENTS_FIELD: Mapping[str, str] = {
@@ -46,10 +46,10 @@ def count_contents(contents: Any, datatype: str) -> int:
     return n if total == n else -1
 
 
-def params_from_pb(params: Any) -> dict[str, ParamValue]:
+def params_from_pb(params: Any) -> Mapping[str, ParamValue]:
     """map<string, InferParameter> (or meshgate.v1.Parameter) -> dict; empty stays cheap."""
     if not params:
-        return {}
+        return NO_PARAMS
     out: dict[str, ParamValue] = {}
     for key, p in params.items():
         kind = p.WhichOneof("parameter_choice") if hasattr(p, "bool_param") else p.WhichOneof("value")
@@ -80,24 +80,22 @@ def call_from_request(req: Any) -> InferCall:
     n_raw = len(raws)
     inputs = []
     for i, t in enumerate(req.inputs):
-        raw = raws[i] if i < n_raw else None
-        if raw is None and t.HasField("contents"):
-            contents = t.contents.SerializeToString()
-            n = count_contents(t.contents, t.datatype)
-        else:
-            contents, n = None, 0
-        inputs.append(
-            Tensor(
-                name=t.name,
-                datatype=t.datatype,
-                shape=tuple(t.shape),
-                raw=raw,
-                contents=contents,
-                n_contents=n,
-                parameters=params_from_pb(t.parameters),
+        params = params_from_pb(t.parameters) if t.parameters else NO_PARAMS
+        if i < n_raw:
+            inputs.append(Tensor(t.name, t.datatype, tuple(t.shape), raws[i], None, 0, params))
+        elif t.HasField("contents"):
+            contents = t.contents
+            n = count_contents(contents, t.datatype)
+            inputs.append(
+                Tensor(t.name, t.datatype, tuple(t.shape), None, contents.SerializeToString(), n, params)
             )
-        )
-    outputs = tuple(RequestedOutput(o.name, params_from_pb(o.parameters)) for o in req.outputs)
+        else:
+            inputs.append(Tensor(t.name, t.datatype, tuple(t.shape), None, None, 0, params))
+    outputs = (
+        tuple(RequestedOutput(o.name, params_from_pb(o.parameters)) for o in req.outputs)
+        if req.outputs
+        else ()
+    )
     return InferCall(
         model=req.model_name,
         version=req.model_version,

@@ -286,20 +286,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, (port, _) in targets.items():
                 verify(port, *((v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)))
             for conc in args.concurrency:
+                # Rounds interleave the paths so that drift (other load, CPU placement) hits all
+                # of them alike; each figure is the median over rounds.
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+                for _ in range(args.rounds):
+                    for name, (port, proc) in targets.items():
+                        cpu0 = group_cpu_seconds(proc.pid) if proc else 0.0
+                        load = (v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)
+                        stats = h2load(port, load[0], conc, args.seconds, work, load[1])
+                        if proc:
+                            # CPU of the proxy (all its processes) per call, warm-up included.
+                            used = group_cpu_seconds(proc.pid) - cpu0
+                            stats["cpu_ms_per_call"] = used * 1000 / max(stats["calls"], 1)
+                        runs[name].append(stats)
                 row: dict[str, Any] = {}
-                for name, (port, proc) in targets.items():
-                    cpu0 = group_cpu_seconds(proc.pid) if proc else 0.0
-                    load = (v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)
-                    stats = h2load(port, load[0], conc, args.seconds, work, load[1])
-                    if proc:
-                        # CPU of the proxy (all its processes) per call, warm-up included in both.
-                        stats["cpu_ms_per_call"] = (
-                            (group_cpu_seconds(proc.pid) - cpu0) * 1000 / max(stats["calls"], 1)
-                        )
-                    row[name] = stats
+                for name, samples in runs.items():
+                    row[name] = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+                    st = row[name]
                     print(
-                        f"  {label:6} c={conc:<3} {name:12} {stats['rps']:9.0f} req/s  p50 {stats['p50_ms']:7.3f} ms"
-                        f"  p99 {stats['p99_ms']:7.3f} ms",
+                        f"  {label:6} c={conc:<3} {name:12} {st['rps']:9.0f} req/s  p50 {st['p50_ms']:7.3f} ms"
+                        f"  p99 {st['p99_ms']:7.3f} ms",
                         flush=True,
                     )
                 results[f"{label}/c{conc}"] = row
@@ -343,12 +349,16 @@ def report(results: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (after 1 s warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per path; figures are medians")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--sizes", nargs="*", choices=list(SIZES), default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.json"))
     args = ap.parse_args()
-    print(f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.seconds:.0f} s per run", flush=True)
+    print(
+        f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.rounds} rounds of {args.seconds:g} s per path",
+        flush=True,
+    )
     results = run(args)
     table = report(results)
     print("\n" + table)

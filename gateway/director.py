@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import grpc
 
@@ -25,18 +24,20 @@ from .validation import validate_infer
 
 T = TypeVar("T")
 _MAX_ATTEMPTS = 2  # the first try plus one retry on another endpoint
+_OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """Where a call went."""
+
     pool: str
     endpoint: str
     backend: str
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Routed(Generic[T]):
+class Routed(NamedTuple, Generic[T]):
     value: T
     route: Route
 
@@ -115,7 +116,7 @@ class Director:
                 continue
             finally:
                 state.in_flight -= 1
-            self._metrics.backend_done(ep.pool, ep.id, grpc.StatusCode.OK, time.monotonic() - start)
+            self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
             return Routed(value, Route(ep.pool, ep.id, ep.backend, len(tried)))
 
     def _no_endpoint(

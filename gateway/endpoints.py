@@ -25,13 +25,24 @@ AdapterMaker = Callable[[Endpoint], Adapter]
 class EndpointState:
     """One endpoint and what the gateway knows about it now."""
 
-    __slots__ = ("adapter", "checked_at", "endpoint", "in_flight", "live", "ready_models", "status_message")
+    __slots__ = (
+        "_ready_models",
+        "adapter",
+        "checked_at",
+        "endpoint",
+        "in_flight",
+        "live",
+        "ready_names",
+        "status_message",
+    )
 
     def __init__(self, endpoint: Endpoint, adapter: Adapter) -> None:
         self.endpoint = endpoint
         self.adapter = adapter
         self.live = False
-        self.ready_models: frozenset[ModelRef] = frozenset()
+        self._ready_models: frozenset[ModelRef] = frozenset()
+        # Names of ready models declared without a version: the request path's O(1) check.
+        self.ready_names: frozenset[str] = frozenset()
         self.in_flight = 0
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
         self.status_message = "not checked yet"
@@ -39,8 +50,21 @@ class EndpointState:
     def serves(self, model: str, version: str) -> bool:
         return any(_matches(ref, model, version) for ref in self.endpoint.models)
 
+    @property
+    def ready_models(self) -> frozenset[ModelRef]:
+        return self._ready_models
+
+    @ready_models.setter
+    def ready_models(self, refs: frozenset[ModelRef]) -> None:
+        self._ready_models = refs
+        self.ready_names = frozenset(r.name for r in refs if not r.version)
+
     def ready_for(self, model: str, version: str) -> bool:
-        return self.live and any(_matches(ref, model, version) for ref in self.ready_models)
+        if not self.live:
+            return False
+        if not version and model in self.ready_names:
+            return True
+        return any(_matches(ref, model, version) for ref in self._ready_models)
 
     def mark_down(self, reason: str) -> None:
         """Passive health: a call saw the endpoint unavailable; the readiness loop revives it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from meshgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
@@ -12,8 +13,9 @@ from adapters.tensor_codec import decode_raw
 
 from ..config import ServerConfig
 from ..director import Director, Route
+from ..errors import GatewayError
 from ..metrics import Metrics
-from .common import Context, answer, call_timeout
+from .common import Context, call_timeout, done, fail
 
 _PREFIX = "DATA_TYPE_"
 # enum number -> KServe datatype name ("FP32"); UNSPECIFIED maps to "" (rejected by validation).
@@ -100,13 +102,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._metrics = metrics
 
     async def Infer(self, request: Any, context: Context) -> Any:
-        async def work() -> Any:
+        start = time.monotonic()
+        try:
             call = call_from_pb(request)
             routed = await self._director.infer(
                 call, call_timeout(context, self._server), request.routing.preferred_region
             )
-            # Callers that send typed contents (JSON clients, buf curl) get typed outputs back.
-            typed = all(t.raw is None for t in call.inputs)
-            return response_to_pb(routed.value, routed.route, typed)
-
-        return await answer("Infer", self._metrics, context, work)
+        except GatewayError as err:
+            await fail("Infer", self._metrics, context, err, start)
+        done("Infer", self._metrics, start)
+        # Callers that send typed contents (JSON clients, buf curl) get typed outputs back.
+        typed = all(t.raw is None for t in call.inputs)
+        return response_to_pb(routed.value, routed.route, typed)
