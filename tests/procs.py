@@ -227,7 +227,14 @@ class Gateway(Proc):
         want = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        wait_until(lambda: self.health(service) == want, timeout, f"health {service!r} == {want}")
+
+        def reached() -> bool:
+            try:
+                return self.health(service) == want
+            except grpc.RpcError:  # not listening yet
+                return False
+
+        wait_until(reached, timeout, f"health {service!r} == {want}")
         return self
 
     def signal(self, sig: int) -> None:
