@@ -73,7 +73,12 @@ class KServeV2Adapter:
 
     # -- Adapter --------------------------------------------------------------------------
     async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
-        req = kserve_wire.request_from_call(call)
+        try:
+            req = kserve_wire.request_from_call(call)
+        except ValueError as err:  # a raw FP16/BF16 input mixed with typed ones: no typed form
+            raise BackendError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"model '{call.model}': {err}", retryable=False
+            ) from None
         try:
             resp = await self._stub.ModelInfer(req, timeout=timeout)
         except grpc.aio.AioRpcError as err:

@@ -108,26 +108,11 @@ def call_from_request(req: Any) -> InferCall:
 
 
 def request_from_call(call: InferCall) -> Any:
-    """InferCall -> ModelInferRequest (the caller's own message when it came in as one).
-
-    All-raw or all-typed, as KServe v2 requires.
-    """
+    """InferCall -> ModelInferRequest (the caller's own message when it came in as one)."""
     if type(call.wire) is pb.ModelInferRequest:
         return call.wire
     req = pb.ModelInferRequest(model_name=call.model, model_version=call.version, id=call.request_id)
-    all_raw = all(t.raw is not None for t in call.inputs)
-    for t in call.inputs:
-        it = req.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-        if t.parameters:
-            params_to_pb(t.parameters, it.parameters)
-        if all_raw:
-            continue
-        if t.contents is not None:
-            it.contents.MergeFromString(t.contents)
-        elif t.raw is not None:
-            _raw_into_contents(t, it.contents)
-    if all_raw:
-        req.raw_input_contents.extend([t.raw for t in call.inputs])
+    _fill_tensors(call.inputs, req.inputs, req.raw_input_contents)
     for o in call.outputs:
         ro = req.outputs.add(name=o.name)
         if o.parameters:
@@ -137,22 +122,37 @@ def request_from_call(call: InferCall) -> Any:
     return req
 
 
-def _raw_into_contents(t: Tensor, contents: Any) -> None:
-    """Mixed raw and typed inputs in one call: KServe forbids the mix, so decode this one."""
-    import numpy as np
+def _fill_tensors(tensors: tuple[Tensor, ...], target: Any, raw_target: Any) -> None:
+    """Add tensors to a repeated InferInputTensor/InferOutputTensor field.
 
+    All raw (raw bytes in the parallel `raw_target` list) or all typed, as KServe v2 requires:
+    a raw tensor mixed with typed ones is decoded into typed contents.
+    """
+    all_raw = all(t.raw is not None for t in tensors)
+    for t in tensors:
+        mt = target.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if t.parameters:
+            params_to_pb(t.parameters, mt.parameters)
+        if all_raw:
+            continue
+        if t.contents is not None:
+            mt.contents.MergeFromString(t.contents)
+        elif not raw_into_contents(t, mt.contents):
+            raise ValueError(f"{t.datatype} has no typed form and cannot be mixed with typed tensors")
+    if all_raw:
+        raw_target.extend([t.raw for t in tensors])
+
+
+def raw_into_contents(t: Tensor, contents: Any) -> bool:
+    """Fill typed contents from t's raw bytes; False when the datatype has no typed form (FP16, BF16)."""
     from .tensor_codec import decode_raw
 
-    assert t.raw is not None
-    values = decode_raw(t.raw, t.datatype)
     field = CONTENTS_FIELD.get(t.datatype)
-    if field is None:  # FP16/BF16 have no typed form
-        raise ValueError(f"{t.datatype} cannot be mixed with typed inputs")
-    target = getattr(contents, field)
-    if t.datatype == "BYTES":
-        target.extend(values)
-    else:
-        target.extend(np.asarray(values).ravel().tolist())
+    if field is None or t.raw is None:
+        return False
+    values = decode_raw(t.raw, t.datatype)
+    getattr(contents, field).extend(values if t.datatype == "BYTES" else values.tolist())
+    return True
 
 
 def result_from_response(resp: Any) -> InferResult:
@@ -182,24 +182,11 @@ def decode_response(resp: Any) -> Decoded:
 
 
 def response_from_result(result: InferResult) -> Any:
-    """InferResult -> ModelInferResponse: the backend's own message when it sent one.
-
-    Raw outputs stay raw.
-    """
+    """InferResult -> ModelInferResponse: the backend's own message when it sent one."""
     if type(result.wire) is pb.ModelInferResponse:
         return result.wire
     resp = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.request_id)
-    all_raw = all(t.raw is not None for t in result.outputs)
-    for t in result.outputs:
-        ot = resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-        if t.parameters:
-            params_to_pb(t.parameters, ot.parameters)
-        if not all_raw and t.contents is not None:
-            ot.contents.MergeFromString(t.contents)
-        elif not all_raw and t.raw is not None:
-            _raw_into_contents(t, ot.contents)
-    if all_raw:
-        resp.raw_output_contents.extend([t.raw for t in result.outputs])
+    _fill_tensors(result.outputs, resp.outputs, resp.raw_output_contents)
     if result.parameters:
         params_to_pb(result.parameters, resp.parameters)
     return resp

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from meshgate.v1 import inference_pb2, models_pb2, models_pb2_grpc, tensor_pb2
 
-from tests.helpers import add_sub_request, infer, output
+from tests.helpers import add_sub_request, fp32, infer, output
 from tests.procs import Gateway
 
 
@@ -44,6 +44,29 @@ def test_infer_typed_contents_and_requested_output(channel: grpc.Channel) -> Non
     (out,) = resp.outputs
     assert out.WhichOneof("data") == "contents"  # typed in, typed out
     assert list(out.contents.fp32_contents) == [1.0, 2.0]
+
+
+def test_mixed_raw_and_typed_inputs(channel: grpc.Channel) -> None:
+    """KServe v2 wants all-raw or all-typed: the gateway decodes the raw one for the backend."""
+    req = inference_pb2.InferRequest(
+        model="add_sub",
+        inputs=[
+            fp32("INPUT0", [1, 2]),
+            tensor_pb2.Tensor(
+                name="INPUT1",
+                datatype="DATA_TYPE_FP32",
+                shape=[2],
+                contents=tensor_pb2.TensorContents(fp32_contents=[10, 20]),
+            ),
+        ],
+    )
+    np.testing.assert_array_equal(output(infer(channel, req), "OUTPUT0"), [11, 22])
+    fp16 = tensor_pb2.Tensor(name="INPUT0", datatype="DATA_TYPE_FP16", shape=[1], raw=b"\0\0")
+    bad = inference_pb2.InferRequest(model="add_sub", inputs=[fp16, req.inputs[1]])
+    with np.testing.assert_raises(grpc.RpcError) as caught:
+        infer(channel, bad)
+    assert caught.exception.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "FP16 has no typed form" in caught.exception.details()
 
 
 def test_infer_bytes_tensor(channel: grpc.Channel) -> None:

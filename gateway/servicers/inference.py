@@ -8,8 +8,7 @@ from typing import Any
 from meshgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
 
 from adapters import InferCall, InferResult, RequestedOutput, Tensor
-from adapters.kserve_wire import CONTENTS_FIELD, count_contents, params_from_pb
-from adapters.tensor_codec import decode_raw
+from adapters.kserve_wire import count_contents, params_from_pb, raw_into_contents
 
 from ..config import ServerConfig
 from ..director import Director, Route
@@ -61,16 +60,6 @@ def _set_params(params: Any, target: Any) -> None:
             p.string_value = value
 
 
-def _raw_to_contents(t: Tensor, contents: Any) -> bool:
-    """Fill typed contents from raw bytes; False when the datatype has no typed form."""
-    field = CONTENTS_FIELD.get(t.datatype)
-    if field is None or t.raw is None:
-        return False
-    values = decode_raw(t.raw, t.datatype)
-    getattr(contents, field).extend(values if t.datatype == "BYTES" else values.tolist())
-    return True
-
-
 def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> Any:
     """InferResult -> InferResponse; `typed` turns raw outputs into typed contents."""
     resp = inference_pb2.InferResponse(
@@ -84,7 +73,7 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
     for t in result.outputs:
         out = resp.outputs.add(name=t.name, datatype=DTYPE_NUMBERS.get(t.datatype, 0), shape=t.shape)
         if t.raw is not None:
-            if not (typed and _raw_to_contents(t, out.contents)):
+            if not (typed and raw_into_contents(t, out.contents)):
                 out.raw = t.raw
         elif t.contents is not None:
             out.contents.MergeFromString(t.contents)
