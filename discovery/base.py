@@ -39,6 +39,7 @@ class Endpoint:
     region: str = ""
     metrics_url: str = ""
     capacity: float = 1.0
+    gpu: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -20,7 +20,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from tritonclient.grpc import service_pb2 as kserve_pb
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
+from adapters import REGISTRY
 from discovery import DiscoverySource, StaticSource
+from discovery.consul import ConsulSource
+from discovery.registration import ConsulRegistrar
 
 from .config import Config
 from .director import Director
@@ -49,6 +52,12 @@ class Gateway:
         self.readiness = ReadinessChecker(self.table, config.readiness)
         self.director = Director(config, self.table, self.metrics, self.readiness.wake)
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
+        self.consul: ConsulSource | None = None
+        if config.discovery.consul is not None:
+            self.consul = ConsulSource(config.discovery.consul, REGISTRY.keys())
+            self.sources.append(self.consul)
+            self.metrics.watch_source(self.consul.name, self.consul.stats)
+        self.registrar: ConsulRegistrar | None = None
         self.metrics.watch_endpoints(self.table.states)
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: grpc.aio.Server | None = None
@@ -124,6 +133,13 @@ class Gateway:
             self.metrics_port = self._http.server_port
         await server.start()
         self._server = server
+        reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul
+        if reg.enabled and consul_cfg is not None:
+            from . import __version__
+
+            host = cfg.listen.rpartition(":")[0].strip("[]")
+            self.registrar = ConsulRegistrar(consul_cfg, reg, host, self.port, __version__)
+            self._tasks.append(loop.create_task(self.registrar.run()))
 
     def _after_readiness_round(self) -> None:
         self._publish_health()
@@ -135,8 +151,10 @@ class Gateway:
             self.table.apply(snap)
 
     async def stop(self) -> None:
-        """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
+        """Drain: NOT_SERVING, deregister, refuse new calls, finish in-flight ones within the grace period."""
         await self.health.enter_graceful_shutdown()
+        if self.registrar is not None:
+            await self.registrar.deregister()
         if self._server is not None:
             await self._server.stop(self.config.server.shutdown_grace_s)
         for source in self.sources:
@@ -148,7 +166,7 @@ class Gateway:
                 await task
         for state in self.table.states():
             await state.adapter.aclose()
-        for adapter in self.table.take_retired():
+        for adapter in self.table.take_retired(linger_s=0):
             await adapter.aclose()
         if self._http is not None:
             self._http.shutdown()

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from adapters import REGISTRY
 from discovery import Endpoint, ModelRef, PoolSnapshot
+from discovery.consul import ConsulConfig
+from discovery.registration import RegisterConfig
 
 ENV_LISTEN = "MESHGATE_LISTEN"
 ENV_METRICS_LISTEN = "MESHGATE_METRICS_LISTEN"
@@ -129,8 +131,24 @@ class PoolConfig(_Strict):
         return self
 
 
+class DiscoveryConfig(_Strict):
+    """Where endpoints come from besides `pools`, and whether the gateway registers itself."""
+
+    consul: ConsulConfig | None = None
+    # The YAML key is `register`; the attribute is renamed because pydantic models (ABCs)
+    # already have a `register` classmethod.
+    registration: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+
+    @model_validator(mode="after")
+    def _register_needs_consul(self) -> DiscoveryConfig:
+        if self.registration.enabled and self.consul is None:
+            raise ValueError("register.enabled needs a consul section (use `consul: {}` for the defaults)")
+        return self
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
     readiness: ReadinessConfig = ReadinessConfig()

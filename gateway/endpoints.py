@@ -94,7 +94,7 @@ class EndpointTable:
         self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
         self._by_model: dict[str, list[EndpointState]] = {}
-        self._retired: list[Adapter] = []
+        self._retired: list[tuple[EndpointState, float]] = []  # (state, time retired)
 
     def apply(self, snap: PoolSnapshot) -> None:
         """Replace what `snap.source` said about `snap.pool`."""
@@ -105,7 +105,7 @@ class EndpointTable:
                 wanted.setdefault((pool, ep.id), ep)
         for key in [k for k in self._states if k not in wanted]:
             state = self._states.pop(key)
-            self._retired.append(state.adapter)
+            self._retired.append((state, time.monotonic()))
             log.info("endpoint removed: pool=%s id=%s", key[0], key[1])
         for key, ep in wanted.items():
             old = self._states.get(key)
@@ -115,7 +115,7 @@ class EndpointTable:
                 old.endpoint = ep  # metadata change only: keep the connection and state
                 continue
             if old is not None:
-                self._retired.append(old.adapter)
+                self._retired.append((old, time.monotonic()))
             self._states[key] = EndpointState(ep, self._make_adapter(ep))
             log.info(
                 "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend
@@ -130,10 +130,13 @@ class EndpointTable:
                 by_model.setdefault(name, []).append(state)
         self._by_model = by_model
 
-    def take_retired(self) -> list[Adapter]:
-        """Adapters of removed endpoints, for the caller to close once in-flight calls end."""
-        retired, self._retired = self._retired, []
-        return retired
+    def take_retired(self, linger_s: float = 60.0) -> list[Adapter]:
+        """Adapters of removed endpoints whose in-flight calls have ended (or that lingered
+        `linger_s`), for the caller to close. Removed endpoints get no new calls at once."""
+        now = time.monotonic()
+        done = [s for s, at in self._retired if s.in_flight == 0 or now - at > linger_s]
+        self._retired = [(s, at) for s, at in self._retired if not (s.in_flight == 0 or now - at > linger_s)]
+        return [s.adapter for s in done]
 
     def candidates(self, model: str, version: str) -> list[EndpointState]:
         """Endpoints that serve model/version, ready or not. NOT_FOUND when none does."""

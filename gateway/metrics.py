@@ -19,6 +19,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from discovery.consul import SourceStats
+
 from .endpoints import EndpointState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -73,6 +75,9 @@ class Metrics:
 
     def watch_endpoints(self, states: Callable[[], Iterable[EndpointState]]) -> None:
         self.registry.register(_EndpointCollector(states))
+
+    def watch_source(self, name: str, stats: SourceStats) -> None:
+        self.registry.register(_SourceCollector(name, stats))
 
 
 def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple[str], _Histogram]) -> Metric:
@@ -151,3 +156,35 @@ class _EndpointCollector(Collector):
         yield ready
         yield inflight
         yield age
+
+
+class _SourceCollector(Collector):
+    """Health of a discovery source: age of its data, errors, skipped entries."""
+
+    def __init__(self, name: str, stats: SourceStats) -> None:
+        self._name = name
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "meshgate_discovery_data_age_seconds",
+            "Seconds since the source last answered; its last known endpoints stay in force meanwhile.",
+            labels=["source"],
+        )
+        last = self._stats.last_ok
+        age.add_metric([self._name], time.monotonic() - last if last else float("inf"))
+        yield age
+        errors = CounterMetricFamily(
+            "meshgate_discovery_errors", "Failed discovery queries, by error kind.", labels=["source", "kind"]
+        )
+        for kind, n in list(self._stats.errors.items()):
+            errors.add_metric([self._name, kind], n)
+        yield errors
+        invalid = CounterMetricFamily(
+            "meshgate_discovery_invalid_entries",
+            "Discovered instances skipped because their Meta was invalid, by reason.",
+            labels=["source", "reason"],
+        )
+        for reason, n in list(self._stats.invalid.items()):
+            invalid.add_metric([self._name, reason], n)
+        yield invalid

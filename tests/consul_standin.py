@@ -43,8 +43,14 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-NODE = {"ID": "0f3a9c2e-0000-4000-8000-000000000001", "Node": "standin-node", "Address": "127.0.0.1",
-        "Datacenter": "dc1", "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"}, "Meta": {}}
+NODE = {
+    "ID": "0f3a9c2e-0000-4000-8000-000000000001",
+    "Node": "standin-node",
+    "Address": "127.0.0.1",
+    "Datacenter": "dc1",
+    "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
+    "Meta": {},
+}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -91,10 +97,21 @@ class Check:
     modify_index: int = 0
 
     def api(self) -> dict[str, Any]:
-        return {"Node": NODE["Node"], "CheckID": self.id, "Name": self.name, "Status": self.status,
-                "Notes": "", "Output": self.output, "ServiceID": self.service_id,
-                "ServiceName": self.service_name, "ServiceTags": [], "Type": self.kind,
-                "Definition": {}, "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}
+        return {
+            "Node": NODE["Node"],
+            "CheckID": self.id,
+            "Name": self.name,
+            "Status": self.status,
+            "Notes": "",
+            "Output": self.output,
+            "ServiceID": self.service_id,
+            "ServiceName": self.service_name,
+            "ServiceTags": [],
+            "Type": self.kind,
+            "Definition": {},
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
 
 
 @dataclass
@@ -110,9 +127,18 @@ class Service:
     modify_index: int
 
     def api(self) -> dict[str, Any]:
-        return {"ID": self.id, "Service": self.name, "Tags": list(self.tags), "Address": self.address,
-                "Meta": dict(self.meta), "Port": self.port, "Weights": dict(self.weights),
-                "EnableTagOverride": False, "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}
+        return {
+            "ID": self.id,
+            "Service": self.name,
+            "Tags": list(self.tags),
+            "Address": self.address,
+            "Meta": dict(self.meta),
+            "Port": self.port,
+            "Weights": dict(self.weights),
+            "EnableTagOverride": False,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
 
 
 class BadRequest(Exception):
@@ -120,8 +146,13 @@ class BadRequest(Exception):
 
 
 class ConsulStandIn:
-    def __init__(self, port: int = 0, acl_token: str | None = None,
-                 min_deregister_s: float = 60.0, reap_interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        acl_token: str | None = None,
+        min_deregister_s: float = 60.0,
+        reap_interval_s: float = 30.0,
+    ) -> None:
         self.port = port
         self.acl_token = acl_token
         self.min_deregister_s = min_deregister_s
@@ -166,7 +197,8 @@ class ConsulStandIn:
         r.add_get("/v1/catalog/service/{name}", self._catalog_service)
         r.add_get("/v1/health/service/{name}", self._health_service)
         r.add_get("/v1/status/leader", self._leader)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # Blocked queries must not hold an outage or shutdown open: close them within 0.2 s.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
@@ -180,10 +212,12 @@ class ConsulStandIn:
 
     def stop(self) -> None:
         """An outage: close the port and every open connection; state is kept."""
+
         async def _stop() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
+
         self._call(_stop())
 
     def start(self) -> None:
@@ -196,6 +230,7 @@ class ConsulStandIn:
                 t.cancel()
             if self._runner is not None:
                 await self._runner.cleanup()
+
         self._call(_close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
@@ -232,8 +267,11 @@ class ConsulStandIn:
             return web.Response(status=status, text="rpc error making call: No cluster leader")
         if self.acl_token is not None:
             auth = request.headers.get("Authorization", "")
-            token = (request.headers.get("X-Consul-Token") or request.query.get("token")
-                     or (auth[7:] if auth.startswith("Bearer ") else ""))
+            token = (
+                request.headers.get("X-Consul-Token")
+                or request.query.get("token")
+                or (auth[7:] if auth.startswith("Bearer ") else "")
+            )
             if token != self.acl_token:
                 return web.Response(status=403, text="Permission denied")
         try:
@@ -241,8 +279,12 @@ class ConsulStandIn:
         except BadRequest as err:
             return web.Response(status=400, text=str(err))
         if self.malformed and resp.content_type == "application/json":
-            return web.Response(status=200, text="{\"broken\": [", content_type="application/json",
-                                headers={"X-Consul-Index": resp.headers.get("X-Consul-Index", "1")})
+            return web.Response(
+                status=200,
+                text='{"broken": [',
+                content_type="application/json",
+                headers={"X-Consul-Index": resp.headers.get("X-Consul-Index", "1")},
+            )
         return resp
 
     def _json(self, data: Any, index: int | None = None) -> web.Response:
@@ -316,10 +358,17 @@ class ConsulStandIn:
             raise BadRequest("Request decode failed: Port must be a number")
         weights = _norm(b.get("weights") or {})
         old = self._services.get(sid)
-        svc = Service(sid, name, list(b.get("tags") or []), b.get("address") or "", port,
-                      {str(k): str(v) for k, v in (b.get("meta") or {}).items()},
-                      {"Passing": int(weights.get("passing", 1)), "Warning": int(weights.get("warning", 1))},
-                      old.create_index if old else self._index + 1, self._index + 1)
+        svc = Service(
+            sid,
+            name,
+            list(b.get("tags") or []),
+            b.get("address") or "",
+            port,
+            {str(k): str(v) for k, v in (b.get("meta") or {}).items()},
+            {"Passing": int(weights.get("passing", 1)), "Warning": int(weights.get("warning", 1))},
+            old.create_index if old else self._index + 1,
+            self._index + 1,
+        )
         specs = list(b.get("checks") or [])
         if b.get("check"):
             specs.insert(0, b["check"])
@@ -341,18 +390,29 @@ class ConsulStandIn:
         await self._bump(name, catalog=True)
 
     def _parse_check(self, svc: Service, c: dict[str, Any], i: int, n: int) -> Check:
-        cid = c.get("checkid") or c.get("id") or (f"service:{svc.id}" if n == 1 else f"service:{svc.id}:{i + 1}")
-        check = Check(cid, c.get("name") or f"Service '{svc.name}' check", svc.id, svc.name,
-                      create_index=self._index + 1, modify_index=self._index + 1)
+        cid = (
+            c.get("checkid")
+            or c.get("id")
+            or (f"service:{svc.id}" if n == 1 else f"service:{svc.id}:{i + 1}")
+        )
+        check = Check(
+            cid,
+            c.get("name") or f"Service '{svc.name}' check",
+            svc.id,
+            svc.name,
+            create_index=self._index + 1,
+            modify_index=self._index + 1,
+        )
         status = c.get("status")
         if status:
             if status not in ("passing", "warning", "critical"):
-                raise BadRequest(f"Invalid check status: \"{status}\"")
+                raise BadRequest(f'Invalid check status: "{status}"')
             check.status = status
         try:
             if c.get("deregistercriticalserviceafter"):
-                check.deregister_after = max(parse_duration(c["deregistercriticalserviceafter"]),
-                                             self.min_deregister_s)
+                check.deregister_after = max(
+                    parse_duration(c["deregistercriticalserviceafter"]), self.min_deregister_s
+                )
             if c.get("ttl"):
                 check.kind, check.ttl = "ttl", parse_duration(c["ttl"])
                 check.ttl_deadline = time.monotonic() + check.ttl
@@ -382,7 +442,10 @@ class ConsulStandIn:
     async def _deregister(self, request: web.Request) -> web.Response:
         sid = request.match_info["id"]
         if sid not in self._services:
-            return web.Response(status=404, text=f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
+            return web.Response(
+                status=404,
+                text=f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.',
+            )
         await self._do_deregister(sid)
         return web.Response(status=200)
 
@@ -417,7 +480,7 @@ class ConsulStandIn:
         body = _norm(json.loads(await request.text() or "{}"))
         status = body.get("status", "")
         if status not in ("passing", "warning", "critical"):
-            raise BadRequest(f"Invalid check status: \"{status}\"")
+            raise BadRequest(f'Invalid check status: "{status}"')
         if check.kind == "ttl":
             check.ttl_deadline = time.monotonic() + check.ttl
         await self._set_status(check, status, body.get("output", ""))
@@ -445,21 +508,41 @@ class ConsulStandIn:
         await self._block(request, lambda: self._name_index(name))
         rows = []
         for s in self._instances(name, request.query.getall("tag", [])):
-            rows.append({"Node": NODE["Node"], "Address": NODE["Address"], "Datacenter": "dc1",
-                         "ServiceID": s.id, "ServiceName": s.name, "ServiceTags": s.tags,
-                         "ServiceAddress": s.address, "ServicePort": s.port, "ServiceMeta": s.meta})
+            rows.append(
+                {
+                    "Node": NODE["Node"],
+                    "Address": NODE["Address"],
+                    "Datacenter": "dc1",
+                    "ServiceID": s.id,
+                    "ServiceName": s.name,
+                    "ServiceTags": s.tags,
+                    "ServiceAddress": s.address,
+                    "ServicePort": s.port,
+                    "ServiceMeta": s.meta,
+                }
+            )
         return self._json(rows, self._name_index(name))
 
     def _instances(self, name: str, tags: list[str]) -> list[Service]:
-        return sorted((s for s in self._services.values() if s.name == name and all(t in s.tags for t in tags)),
-                      key=lambda s: s.id)
+        return sorted(
+            (s for s in self._services.values() if s.name == name and all(t in s.tags for t in tags)),
+            key=lambda s: s.id,
+        )
 
     async def _health_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         await self._block(request, lambda: self._name_index(name))
         passing = request.query.get("passing") is not None and request.query.get("passing") != "false"
-        serf = {"Node": NODE["Node"], "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing",
-                "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "Type": ""}
+        serf = {
+            "Node": NODE["Node"],
+            "CheckID": "serfHealth",
+            "Name": "Serf Health Status",
+            "Status": "passing",
+            "Output": "Agent alive and reachable",
+            "ServiceID": "",
+            "ServiceName": "",
+            "Type": "",
+        }
         entries = []
         for s in self._instances(name, request.query.getall("tag", [])):
             checks = [serf] + [c.api() for c in self._checks.values() if c.service_id == s.id]
@@ -483,12 +566,20 @@ class ConsulStandIn:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
-                    resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=check.timeout)
+                    resp = await stub.Check(
+                        health_pb2.HealthCheckRequest(service=service), timeout=check.timeout
+                    )
                     ok = resp.status == health_pb2.HealthCheckResponse.SERVING
-                    status, output = ("passing", f"gRPC check {check.grpc}: success") if ok else (
-                        "critical", f"gRPC check {check.grpc}: failed with status {resp.status}")
+                    status, output = (
+                        ("passing", f"gRPC check {check.grpc}: success")
+                        if ok
+                        else ("critical", f"gRPC check {check.grpc}: failed with status {resp.status}")
+                    )
                 except grpc.aio.AioRpcError as err:
-                    status, output = "critical", f"gRPC check {check.grpc}: {err.code().name}: {err.details()}"
+                    status, output = (
+                        "critical",
+                        f"gRPC check {check.grpc}: {err.code().name}: {err.details()}",
+                    )
                 if check.id in self._checks:
                     await self._set_status(check, status, output)
                 await asyncio.sleep(check.interval)
@@ -498,7 +589,11 @@ class ConsulStandIn:
             await asyncio.sleep(self.reap_interval_s)
             now = time.monotonic()
             for c in list(self._checks.values()):
-                if c.deregister_after and c.status == "critical" and now - c.critical_since > c.deregister_after:
+                if (
+                    c.deregister_after
+                    and c.status == "critical"
+                    and now - c.critical_since > c.deregister_after
+                ):
                     await self._do_deregister(c.service_id)
 
 

@@ -31,8 +31,14 @@ def client(s: ConsulStandIn, token: str | None = None) -> consul.Consul:
 
 def test_register_defaults_and_critical_initial_status(standin: ConsulStandIn) -> None:
     c = client(standin)
-    assert c.agent.service.register("triton", address="10.0.0.1", port=8001, tags=["inference"],
-                                    meta={"backend": "triton"}, check=consul.Check.ttl("10s"))
+    assert c.agent.service.register(
+        "triton",
+        address="10.0.0.1",
+        port=8001,
+        tags=["inference"],
+        meta={"backend": "triton"},
+        check=consul.Check.ttl("10s"),
+    )
     services = c.agent.services()
     assert services["triton"]["ID"] == "triton"  # ID defaults to Name
     assert services["triton"]["Meta"] == {"backend": "triton"}

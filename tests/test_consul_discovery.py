@@ -1,0 +1,269 @@
+"""Backends found through Consul (the stand-in), with traffic flowing: changes, outages, bad data."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from tests.consul_standin import ConsulStandIn
+from tests.helpers import add_sub_request, infer
+from tests.procs import Gateway, MLServer, Triton, wait_until
+
+PASSING = {"TTL": "1h", "Status": "passing"}
+
+
+def backend(
+    pool: str, sid: str, server: Triton | MLServer, models: str, kind: str = "triton", **meta: str
+) -> dict[str, Any]:
+    return {
+        "Name": pool,
+        "ID": sid,
+        "Address": "127.0.0.1",
+        "Port": server.grpc_port,
+        "Tags": ["inference"],
+        "Meta": {"backend": kind, "models": models, **meta},
+        "Check": dict(PASSING),
+    }
+
+
+@pytest.fixture
+def standin() -> Iterator[ConsulStandIn]:
+    s = ConsulStandIn(min_deregister_s=1.0, reap_interval_s=0.2)
+    yield s
+    s.close()
+
+
+def consul_gateway(standin: ConsulStandIn, **discovery: Any) -> Gateway:
+    consul = {"address": standin.address, "backoff_max_s": 1.0, **discovery.pop("consul", {})}
+    return Gateway({"discovery": {"consul": consul, **discovery}})
+
+
+class Traffic:
+    """Background callers recording (start time, endpoint or error) for every call."""
+
+    def __init__(self, gw: Gateway, threads: int = 4) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(gw.address,)) for _ in range(threads)]
+
+    def _run(self, address: str) -> None:
+        with grpc.insecure_channel(address) as ch:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    self.calls.append((start, infer(ch, add_sub_request([1], [2]), timeout=5).route.endpoint))
+                except grpc.RpcError as err:
+                    self.errors.append(f"{err.code().name}: {err.details()}")
+                time.sleep(0.005)
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def served_by(self, since: float = 0.0) -> collections.Counter[str]:
+        return collections.Counter(ep for start, ep in list(self.calls) if start >= since)
+
+
+def test_backends_registered_in_consul_are_served(
+    standin: ConsulStandIn, triton_a: Triton, mlserver: MLServer
+) -> None:
+    standin.register(
+        backend("tritons", "triton-a", triton_a, "add_sub,echo_text", gpu="a100-80g", capacity="2")
+    )
+    standin.register(backend("mlservers", "mlserver-1", mlserver, "sum", kind="kserve_v2"))
+    standin.register({"Name": "not-a-model", "Port": 1, "Tags": ["web"], "Check": dict(PASSING)})
+    gw = consul_gateway(standin).start()
+    try:
+        gw.wait_serving("tritons").wait_serving("mlservers")
+        with grpc.insecure_channel(gw.address) as ch:
+            resp = infer(ch, add_sub_request([1], [2]))
+            assert (resp.route.pool, resp.route.endpoint, resp.route.backend) == (
+                "tritons",
+                "triton-a",
+                "triton",
+            )
+        from meshgate.v1 import models_pb2, models_pb2_grpc
+
+        with grpc.insecure_channel(gw.address) as ch:
+            names = [
+                m.name
+                for m in models_pb2_grpc.ModelsStub(ch).ListModels(models_pb2.ListModelsRequest()).models
+            ]
+        assert names == ["add_sub", "echo_text", "sum"]  # the untagged service is not a pool
+    finally:
+        gw.stop()
+
+
+def test_deregistered_or_failing_backend_stops_receiving_calls_within_1s(
+    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
+) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from tests.health_server import HealthServer
+
+    checker = HealthServer()  # the gRPC health endpoint Consul probes for triton-b
+    standin.register(backend("tritons", "triton-a", triton_a, "add_sub"))
+    b = backend("tritons", "triton-b", triton_b, "add_sub")
+    b["Check"] = {"GRPC": f"127.0.0.1:{checker.port}", "Interval": "100ms", "Timeout": "1s"}
+    standin.register(b)
+    gw = consul_gateway(standin).start()
+    try:
+        wait_until(
+            lambda: standin.check_status("service:triton-b") == "passing", 10, "triton-b check passing"
+        )
+        with Traffic(gw) as traffic:
+            wait_until(lambda: traffic.served_by()["triton-b"] > 20, 20, "traffic on triton-b")
+            # 1. Its gRPC health check fails: Consul marks it critical, the passing set shrinks.
+            failed_at = time.monotonic()
+            checker.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+            time.sleep(2.0)
+            assert traffic.served_by(since=failed_at + 1.0)["triton-b"] == 0
+            assert traffic.served_by(since=failed_at + 1.0)["triton-a"] > 20
+            # 2. It comes back healthy and gets calls again once ready.
+            checker.set(health_pb2.HealthCheckResponse.SERVING)
+            back_at = time.monotonic()
+            wait_until(lambda: traffic.served_by(since=back_at)["triton-b"] > 5, 10, "triton-b back")
+            # 3. Deregistered: no new calls within 1 s.
+            gone_at = time.monotonic()
+            standin.deregister("triton-b")
+            time.sleep(2.0)
+            assert traffic.served_by(since=gone_at + 1.0)["triton-b"] == 0
+        assert traffic.errors == []
+    finally:
+        gw.stop()
+        checker.close()
+
+
+def test_consul_outage_keeps_endpoints_and_recovers(
+    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
+) -> None:
+    standin.register(backend("tritons", "triton-a", triton_a, "add_sub"))
+    standin.register(backend("tritons", "triton-b", triton_b, "add_sub"))
+    gw = consul_gateway(standin).start()
+    try:
+        gw.wait_serving("tritons")
+        with Traffic(gw) as traffic:
+            standin.stop()
+            outage = time.monotonic()
+            time.sleep(30.0)
+            metrics = _metrics(gw)
+            age = float(
+                next(
+                    x for x in metrics.splitlines() if x.startswith("meshgate_discovery_data_age_seconds")
+                ).split()[-1]
+            )
+            assert age > 25
+            assert 'meshgate_discovery_errors_total{kind="ClientConnectorError",source="consul"}' in metrics
+            during = traffic.served_by(since=outage)
+            assert during["triton-a"] > 50 and during["triton-b"] > 50, during
+            standin.start()
+            standin.deregister("triton-b")  # a change made after Consul returns is picked up
+            wait_until(lambda: "works again" in gw.log(), 10, "watchers to recover")
+            changed = time.monotonic() + 1.0
+            time.sleep(2.0)
+            assert traffic.served_by(since=changed)["triton-b"] == 0
+        assert traffic.errors == []
+        assert "keeping the last known endpoints" in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_bad_entries_and_consul_errors_leave_the_gateway_serving(
+    standin: ConsulStandIn, triton_a: Triton
+) -> None:
+    standin.register(backend("tritons", "triton-a", triton_a, "add_sub"))
+    standin.register(backend("tritons", "no-backend", triton_a, "add_sub") | {"Meta": {"models": "add_sub"}})
+    standin.register(backend("tritons", "odd-kind", triton_a, "add_sub", kind="tensorrt-llm"))
+    standin.register(backend("tritons", "bad-capacity", triton_a, "add_sub", capacity="lots"))
+    gw = consul_gateway(standin).start()
+    try:
+        gw.wait_serving("tritons")
+        with grpc.insecure_channel(gw.address) as ch:
+            assert infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-a"
+        log = gw.log()
+        assert "skipping an instance of pool tritons: service 'no-backend': Meta 'backend' is missing" in log
+        assert "service 'odd-kind': Meta backend='tensorrt-llm' is not one of kserve_v2, triton" in log
+        assert "service 'bad-capacity': Meta capacity='lots' must be > 0" in log
+        metrics = _metrics(gw)
+        assert 'meshgate_discovery_invalid_entries_total{reason="unknown_backend",source="consul"}' in metrics
+
+        for fault, expected in (
+            ("malformed", "Failed to decode JSON"),
+            ("acl", "ACLPermissionDenied"),
+            ("5xx", "No cluster leader"),
+        ):
+            if fault == "malformed":
+                standin.malformed = True
+            elif fault == "acl":
+                standin.acl_token = "s3cret"
+            else:
+                standin.fail_next(500)
+            standin.register(backend("tritons", f"poke-{fault}", triton_a, "nope"))  # wake the watchers
+            wait_until(lambda e=expected: e in gw.log(), 10, f"a logged {expected}")
+            with grpc.insecure_channel(gw.address) as ch:
+                assert infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-a"
+            standin.malformed, standin.acl_token = False, None
+            standin.fail_next(500, 0)
+        assert gw.alive()
+        assert "Traceback" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_self_registration(standin: ConsulStandIn, triton_a: Triton) -> None:
+    def registering(service_id: str) -> Gateway:
+        gw = consul_gateway(
+            standin,
+            register={"enabled": True, "id": service_id, "check_interval_s": 0.2, "check_timeout_s": 1},
+        )
+        # A gateway with nothing ready answers NOT_SERVING: give it a pool.
+        gw.config["pools"] = {
+            "p": {"endpoints": [{"address": triton_a.address, "backend": "triton", "models": ["add_sub"]}]}
+        }
+        gw.config_path.write_text(yaml.safe_dump(gw.config))
+        return gw.start()
+
+    gw = registering("meshgate-test-1")
+    try:
+        wait_until(
+            lambda: standin.check_status("service:meshgate-test-1") == "passing", 10, "gateway check passing"
+        )
+        assert standin.service_ids("meshgate") == ["meshgate-test-1"]
+        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None and gw.proc.wait(10) == 0
+        assert standin.service_ids("meshgate") == []  # deregistered on SIGTERM
+        assert "deregistered meshgate-test-1 from Consul" in gw.log()
+    finally:
+        gw.stop()
+    # Killed without a chance to deregister: its gRPC check goes critical.
+    gw2 = registering("meshgate-test-2")
+    try:
+        wait_until(
+            lambda: standin.check_status("service:meshgate-test-2") == "passing", 10, "gateway 2 passing"
+        )
+        gw2.kill()
+        wait_until(
+            lambda: standin.check_status("service:meshgate-test-2") == "critical", 5, "gateway 2 critical"
+        )
+    finally:
+        gw2.stop()
+
+
+def _metrics(gw: Gateway) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
