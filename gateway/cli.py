@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
 
+    from .consul_cli import add_arguments
+
+    add_arguments(sub)
+
     for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
         q = sub.add_parser(name, help=help_)
         q.add_argument(
@@ -63,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "serve":
         return _serve(args.config, args.workers)
+    if args.command in ("register", "deregister"):
+        from . import consul_cli
+
+        return consul_cli.register(args) if args.command == "register" else consul_cli.deregister(args)
     from . import client
 
     if args.command == "models":

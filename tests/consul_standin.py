@@ -17,7 +17,8 @@ passes, then answers with the current index, which may be lower than the one ask
 restart; the index is never 0; a bad index or wait is a 400. Each service name has its own index,
 kept after its last instance goes (the extinction index). New checks start critical unless a
 Status is given. TTL checks go critical ("TTL expired"); gRPC checks really probe
-grpc.health.v1.Health/Check at the registered address every Interval; a service whose check stays
+grpc.health.v1.Health/Check at the registered address every Interval, HTTP checks GET their URL
+(2xx passing, 429 warning) and TCP checks connect; a service whose check stays
 critical longer than DeregisterCriticalServiceAfter is reaped. With an ACL token set, requests
 without it get 403 "Permission denied".
 
@@ -385,7 +386,7 @@ class ConsulStandIn:
                 c.status, c.output = prev.status, prev.output
             self._drop_check(c.id)
             self._checks[c.id] = c
-            if c.kind == "grpc":
+            if c.kind in ("grpc", "http", "tcp"):
                 self._probes[c.id] = asyncio.create_task(self._probe(c))
         await self._bump(name, catalog=True)
 
@@ -416,13 +417,16 @@ class ConsulStandIn:
             if c.get("ttl"):
                 check.kind, check.ttl = "ttl", parse_duration(c["ttl"])
                 check.ttl_deadline = time.monotonic() + check.ttl
-            elif c.get("grpc"):
-                check.kind, check.grpc = "grpc", str(c["grpc"])
+            elif c.get("grpc") or c.get("http") or c.get("tcp"):
+                check.kind = "grpc" if c.get("grpc") else "http" if c.get("http") else "tcp"
+                check.grpc = str(c.get("grpc") or c.get("http") or c.get("tcp"))
                 check.grpc_tls = bool(c.get("grpcusetls"))
-                check.interval = parse_duration(c.get("interval") or "10s")
+                if not c.get("interval"):
+                    raise BadRequest("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or GRPC checks")
+                check.interval = parse_duration(c["interval"])
                 check.timeout = parse_duration(c.get("timeout") or "10s")
             else:
-                raise BadRequest("Invalid check: TTL or GRPC (with Interval) must be set")
+                raise BadRequest("Invalid check: TTL, GRPC, HTTP or TCP (with Interval) must be set")
         except ValueError as err:
             raise BadRequest(f"Invalid duration: {err}") from None
         return check
@@ -561,6 +565,8 @@ class ConsulStandIn:
                     await self._set_status(c, "critical", "TTL expired")
 
     async def _probe(self, check: Check) -> None:
+        if check.kind != "grpc":
+            return await self._probe_plain(check)
         target, _, service = check.grpc.partition("/")
         async with grpc.aio.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -580,6 +586,33 @@ class ConsulStandIn:
                         "critical",
                         f"gRPC check {check.grpc}: {err.code().name}: {err.details()}",
                     )
+                if check.id in self._checks:
+                    await self._set_status(check, status, output)
+                await asyncio.sleep(check.interval)
+
+    async def _probe_plain(self, check: Check) -> None:
+        """HTTP: 2xx passing, 429 warning, else critical. TCP: a connection is passing."""
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    if check.kind == "http":
+                        async with session.get(
+                            check.grpc, timeout=aiohttp.ClientTimeout(total=check.timeout)
+                        ) as r:
+                            code = r.status
+                        status = "passing" if 200 <= code < 300 else "warning" if code == 429 else "critical"
+                        output = f"HTTP GET {check.grpc}: {code}"
+                    else:
+                        host, _, port = check.grpc.rpartition(":")
+                        _, writer = await asyncio.wait_for(
+                            asyncio.open_connection(host, int(port)), check.timeout
+                        )
+                        writer.close()
+                        status, output = "passing", f"TCP connect {check.grpc}: Success"
+                except (OSError, TimeoutError, aiohttp.ClientError) as err:
+                    status, output = "critical", f"{check.kind.upper()} {check.grpc}: {err}"
                 if check.id in self._checks:
                     await self._set_status(check, status, output)
                 await asyncio.sleep(check.interval)

@@ -267,3 +267,78 @@ def test_self_registration(standin: ConsulStandIn, triton_a: Triton) -> None:
 
 def _metrics(gw: Gateway) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
+
+
+def test_register_cli_adds_a_backend_the_gateway_then_serves(
+    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
+) -> None:
+    from tests.test_cli import meshgate
+
+    standin.register(backend("tritons", "triton-a", triton_a, "add_sub"))
+    gw = consul_gateway(standin).start()
+    try:
+        gw.wait_serving("tritons")
+        with Traffic(gw, threads=2) as traffic:
+            out = meshgate(
+                "register",
+                "--consul",
+                standin.address,
+                "--name",
+                "tritons",
+                "--id",
+                "triton-b",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(triton_b.grpc_port),
+                "--backend",
+                "triton",
+                "--models",
+                "add_sub,echo_text",
+                "--gpu",
+                "l4",
+                "--capacity",
+                "2",
+                "--interval",
+                "200ms",
+                "--meta",
+                "cost_per_hour=0.8",
+            )
+            assert out.returncode == 0, out.stderr
+            assert (
+                f"registered triton-b in pool tritons (triton at 127.0.0.1:{triton_b.grpc_port}, check: tcp"
+                in out.stdout
+            )
+            registered_at = time.monotonic()
+            # A new backend starts receiving calls once its check passes and it is ready.
+            wait_until(
+                lambda: traffic.served_by(since=registered_at)["triton-b"] > 5, 10, "calls on triton-b"
+            )
+            out = meshgate("deregister", "--consul", standin.address, "--id", "triton-b")
+            assert out.returncode == 0 and "deregistered triton-b" in out.stdout
+            gone_at = time.monotonic()
+            time.sleep(1.5)
+            assert traffic.served_by(since=gone_at + 1.0)["triton-b"] == 0
+        assert traffic.errors == []
+    finally:
+        gw.stop()
+    bad = meshgate(
+        "register",
+        "--consul",
+        standin.address,
+        "--name",
+        "p",
+        "--address",
+        "h",
+        "--port",
+        "1",
+        "--backend",
+        "tgi",
+        "--models",
+        "m",
+    )
+    assert bad.returncode == 2
+    assert "Meta backend='tgi' is not one of kserve_v2, triton" in bad.stderr
+    missing = meshgate("deregister", "--consul", standin.address, "--id", "nope")
+    assert missing.returncode == 1
+    assert "Consul has no service with id 'nope'" in missing.stderr

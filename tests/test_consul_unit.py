@@ -111,3 +111,25 @@ def test_rate_limiter_allows_a_burst_of_two_then_paces() -> None:
 
     elapsed = asyncio.run(run())
     assert 0.18 <= elapsed < 0.4  # two free, then two at 0.1 s each
+
+
+def test_example_service_definitions_follow_the_conventions() -> None:
+    import json
+
+    from adapters import REGISTRY
+
+    later = {"torchserve", "vllm", "openai"}  # adapters of issue #4
+    files = sorted((Path(__file__).parent.parent / "deploy" / "consul").glob("*.json"))
+    assert [f.name for f in files] == ["openai.json", "torchserve.json", "triton.json", "vllm.json"]
+    for f in files:
+        svc = {k.lower(): v for k, v in json.loads(f.read_text())["service"].items()}
+        assert "inference" in svc["tags"]
+        entry = {
+            "Node": {},
+            "Service": {"ID": svc["id"], "Address": svc["address"], "Port": svc["port"], "Meta": svc["meta"]},
+        }
+        ep = endpoint_from_entry(entry, svc["name"], set(REGISTRY) | later)
+        assert ep.models and ep.capacity > 0
+        if ep.backend in later:
+            with pytest.raises(InvalidEntry, match="is not one of"):
+                endpoint_from_entry(entry, svc["name"], set(REGISTRY))
