@@ -27,7 +27,7 @@ from discovery.registration import ConsulRegistrar
 
 from .config import Config
 from .director import Director
-from .endpoints import EndpointTable, default_adapter_maker
+from .endpoints import EndpointState, EndpointTable, default_adapter_maker
 from .metrics import Metrics
 from .readiness import ReadinessChecker
 from .servicers.inference import InferenceServicer
@@ -50,7 +50,7 @@ class Gateway:
             default_adapter_maker(config.server.max_message_bytes), self._on_table_change
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
-        self.director = Director(config, self.table, self.metrics, self.readiness.wake)
+        self.director = Director(config, self.table, self.metrics, lambda s: self.readiness.check_soon([s]))
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
         self.consul: ConsulSource | None = None
         if config.discovery.consul is not None:
@@ -66,8 +66,8 @@ class Gateway:
         self.metrics_port = 0
 
     # -- health ---------------------------------------------------------------------------
-    def _on_table_change(self) -> None:
-        self.readiness.wake()
+    def _on_table_change(self, added: list[EndpointState]) -> None:
+        self.readiness.check_soon(added)
         self._publish_health()
 
     def _publish_health(self) -> None:

@@ -44,7 +44,11 @@ class Routed(NamedTuple, Generic[T]):
 
 class Director:
     def __init__(
-        self, config: Config, table: EndpointTable, metrics: Metrics, on_endpoint_down: Callable[[], None]
+        self,
+        config: Config,
+        table: EndpointTable,
+        metrics: Metrics,
+        on_endpoint_down: Callable[[EndpointState], None],
     ):
         self._config = config
         self._table = table
@@ -102,7 +106,7 @@ class Director:
                 self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
                 if err.code == grpc.StatusCode.UNAVAILABLE:
                     state.mark_down(f"call failed: {err.message}")
-                    self._on_endpoint_down()
+                    self._on_endpoint_down(state)
                 retry = (
                     err.retryable
                     and self._config.routing.retry_unavailable

@@ -88,7 +88,11 @@ def default_adapter_maker(max_message_bytes: int) -> AdapterMaker:
 class EndpointTable:
     """Merges snapshots from every source into pools; indexes endpoints by model."""
 
-    def __init__(self, make_adapter: AdapterMaker, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        make_adapter: AdapterMaker,
+        on_change: Callable[[list[EndpointState]], None] = lambda added: None,
+    ) -> None:
         self._make_adapter = make_adapter
         self._on_change = on_change
         self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
@@ -97,7 +101,7 @@ class EndpointTable:
         self._retired: list[tuple[EndpointState, float]] = []  # (state, time retired)
 
     def apply(self, snap: PoolSnapshot) -> None:
-        """Replace what `snap.source` said about `snap.pool`."""
+        """Replace what `snap.source` said about `snap.pool`; `on_change` gets the new endpoints."""
         self._by_source[(snap.source, snap.pool)] = snap.endpoints
         wanted: dict[tuple[str, str], Endpoint] = {}
         for (_, pool), eps in sorted(self._by_source.items()):
@@ -107,6 +111,7 @@ class EndpointTable:
             state = self._states.pop(key)
             self._retired.append((state, time.monotonic()))
             log.info("endpoint removed: pool=%s id=%s", key[0], key[1])
+        added: list[EndpointState] = []
         for key, ep in wanted.items():
             old = self._states.get(key)
             if old is not None and old.endpoint == ep:
@@ -116,12 +121,13 @@ class EndpointTable:
                 continue
             if old is not None:
                 self._retired.append((old, time.monotonic()))
-            self._states[key] = EndpointState(ep, self._make_adapter(ep))
+            self._states[key] = state = EndpointState(ep, self._make_adapter(ep))
+            added.append(state)
             log.info(
                 "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend
             )
         self._reindex()
-        self._on_change()
+        self._on_change(added)
 
     def _reindex(self) -> None:
         by_model: dict[str, list[EndpointState]] = {}

@@ -71,7 +71,7 @@ def _setup(n: int, regions: tuple[str, ...] = ()) -> tuple[Director, EndpointTab
     table.apply(PoolSnapshot("static", "p", eps))
     for s in table.states():
         s.live, s.ready_models = True, frozenset(s.endpoint.models)
-    director = Director(Config(), table, Metrics(CollectorRegistry()), lambda: None)
+    director = Director(Config(), table, Metrics(CollectorRegistry()), lambda s: None)
     return director, table, fakes
 
 
