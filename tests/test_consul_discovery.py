@@ -342,3 +342,35 @@ def test_register_cli_adds_a_backend_the_gateway_then_serves(
     missing = meshgate("deregister", "--consul", standin.address, "--id", "nope")
     assert missing.returncode == 1
     assert "Consul has no service with id 'nope'" in missing.stderr
+
+
+def test_static_and_consul_endpoints_merge_into_one_pool(
+    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
+) -> None:
+    standin.register(backend("tritons", "triton-b", triton_b, "add_sub"))
+    gw = consul_gateway(standin)
+    gw.config["pools"] = {
+        "tritons": {
+            "endpoints": [
+                {"id": "triton-a", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]}
+            ]
+        }
+    }
+    gw.config_path.write_text(yaml.safe_dump(gw.config))
+    gw.start()
+    try:
+        gw.wait_serving("tritons")
+        with grpc.insecure_channel(gw.address) as ch:
+            wait_until(
+                lambda: infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-b",
+                10,
+                "consul endpoint",
+            )
+            seen = collections.Counter(infer(ch, add_sub_request([1], [1])).route.endpoint for _ in range(20))
+        assert set(seen) == {"triton-a", "triton-b"}
+        standin.deregister("triton-b")  # Consul's part goes; the static part stays
+        time.sleep(0.5)
+        with grpc.insecure_channel(gw.address) as ch:
+            assert {infer(ch, add_sub_request([1], [1])).route.endpoint for _ in range(10)} == {"triton-a"}
+    finally:
+        gw.stop()
