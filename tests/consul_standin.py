@@ -153,8 +153,10 @@ class ConsulStandIn:
         acl_token: str | None = None,
         min_deregister_s: float = 60.0,
         reap_interval_s: float = 30.0,
+        ssl_context: Any = None,
     ) -> None:
         self.port = port
+        self.ssl_context = ssl_context  # serve HTTPS (with CERT_REQUIRED: Consul's verify_incoming)
         self.acl_token = acl_token
         self.min_deregister_s = min_deregister_s
         self.reap_interval_s = reap_interval_s
@@ -201,7 +203,9 @@ class ConsulStandIn:
         # Blocked queries must not hold an outage or shutdown open: close them within 0.2 s.
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await site.start()
         server = site._server
         assert server is not None and server.sockets

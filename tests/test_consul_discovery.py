@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -374,3 +376,99 @@ def test_static_and_consul_endpoints_merge_into_one_pool(
             assert {infer(ch, add_sub_request([1], [1])).route.endpoint for _ in range(10)} == {"triton-a"}
     finally:
         gw.stop()
+
+
+def _make_pki(d: Path) -> None:
+    """A CA, a server cert for 127.0.0.1 and a client cert, with the openssl CLI."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
+
+
+def test_consul_over_tls_with_client_certificate(tmp_path: Path, triton_a: Triton) -> None:
+    import ssl
+
+    _make_pki(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
+    ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    ctx.verify_mode = ssl.CERT_REQUIRED  # like verify_incoming: the gateway must show its certificate
+    standin = ConsulStandIn(ssl_context=ctx)
+    try:
+        standin.register(backend("tritons", "triton-a", triton_a, "add_sub"))
+        tls = {
+            "ca_file": str(tmp_path / "ca.pem"),
+            "cert_file": str(tmp_path / "client.pem"),
+            "key_file": str(tmp_path / "client.key"),
+        }
+        gw = Gateway({"discovery": {"consul": {"address": f"https://{standin.address}", "tls": tls}}}).start()
+        try:
+            gw.wait_serving("tritons")
+            with grpc.insecure_channel(gw.address) as ch:
+                assert infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-a"
+        finally:
+            gw.stop()
+        # Without the client certificate the handshake fails: logged, and nothing is served.
+        gw = Gateway(
+            {
+                "discovery": {
+                    "consul": {
+                        "address": f"https://{standin.address}",
+                        "tls": {"ca_file": str(tmp_path / "ca.pem")},
+                    }
+                }
+            }
+        ).start()
+        try:
+            wait_until(lambda: "catalog query failed" in gw.log(), 10, "a logged TLS failure")
+            assert gw.health("") == 2  # NOT_SERVING: no endpoints known
+        finally:
+            gw.stop()
+    finally:
+        standin.close()
