@@ -16,6 +16,8 @@ from .base import (
     TensorSpec,
 )
 from .kserve_v2 import KServeV2Adapter
+from .llm import LLMAdapter
+from .openai import OpenAIAdapter, VLLMAdapter
 from .triton import TritonAdapter
 
 AdapterFactory = Callable[..., Adapter]
@@ -24,6 +26,8 @@ AdapterFactory = Callable[..., Adapter]
 REGISTRY: Mapping[str, AdapterFactory] = {
     "triton": TritonAdapter,
     "kserve_v2": KServeV2Adapter,
+    "openai": OpenAIAdapter,
+    "vllm": VLLMAdapter,
 }
 
 __all__ = [
@@ -34,10 +38,13 @@ __all__ = [
     "InferCall",
     "InferResult",
     "KServeV2Adapter",
+    "LLMAdapter",
     "ModelMetadata",
+    "OpenAIAdapter",
     "ParamValue",
     "RequestedOutput",
     "Tensor",
     "TensorSpec",
     "TritonAdapter",
+    "VLLMAdapter",
 ]

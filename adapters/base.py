@@ -156,13 +156,27 @@ class ModelMetadata:
 
 
 class BackendError(Exception):
-    """A backend call failed. `message` names the endpoint and model; never a credential."""
+    """A backend call failed. `message` names the endpoint and model; never a credential.
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, retryable: bool) -> None:
+    `retry_after` is the provider's own hint in seconds (HTTP Retry-After), `usage` what a
+    stream consumed before it broke (an adapters.llm.Usage), for accounting.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        usage: Any = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after = retry_after
+        self.usage = usage
 
 
 class Adapter(Protocol):

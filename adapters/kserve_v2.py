@@ -6,7 +6,7 @@ stub generated in tritonclient (the same messages as KServe's grpc_predict_v2.pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -38,10 +38,17 @@ class KServeV2Adapter:
 
     kind: ClassVar[str] = "kserve_v2"
 
-    def __init__(self, endpoint_id: str, address: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        endpoint_id: str,
+        address: str,
+        *,
+        max_message_bytes: int,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         self.endpoint_id = endpoint_id
         self.address = address
-        options: Sequence[tuple[str, Any]] = [
+        channel_options: Sequence[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Reconnect fast after a backend restart: the readiness loop probes every second.
@@ -49,7 +56,7 @@ class KServeV2Adapter:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
         ]
-        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- errors ---------------------------------------------------------------------------

@@ -11,7 +11,14 @@ import grpc
 import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from meshgate.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
+from meshgate.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    routing_pb2,
+    tensor_pb2,
+)
 
 from adapters.kserve_wire import CONTENTS_FIELD
 from adapters.tensor_codec import NUMPY_DTYPES, decode_raw, encode_numpy
@@ -128,7 +135,7 @@ def infer(args: argparse.Namespace) -> int:
         id=args.id,
         inputs=inputs,
         outputs=[inference_pb2.RequestedOutput(name=n) for n in args.output],
-        routing=inference_pb2.RoutingHints(preferred_region=args.region),
+        routing=routing_pb2.RoutingHints(preferred_region=args.region),
     )
     with grpc.insecure_channel(target := args.target) as channel:
         try:

@@ -100,6 +100,11 @@ class EndpointConfig(_Strict):
     region: str = ""
     metrics_url: str = ""
     capacity: float = Field(default=1.0, gt=0)
+    # HTTP backends (openai, vllm): base URL (default http://<address>/v1), and where the API key
+    # is: an environment variable or a file. The key itself never goes in this file.
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
 
     _address = field_validator("address")(classmethod(lambda cls, v: _check_hostport(v)))
 
@@ -173,6 +178,15 @@ class Config(_Strict):
                         region=e.region,
                         metrics_url=e.metrics_url,
                         capacity=e.capacity,
+                        meta={
+                            k: v
+                            for k, v in (
+                                ("base_url", e.base_url),
+                                ("api_key_env", e.api_key_env),
+                                ("api_key_file", e.api_key_file),
+                            )
+                            if v
+                        },
                     )
                 )
             snaps.append(PoolSnapshot(source="static", pool=pool_name, endpoints=tuple(eps)))

@@ -8,19 +8,20 @@ on another endpoint -> metrics. Authentication, limits, budgets and caching slot
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, NamedTuple, TypeVar
 
 import grpc
 
-from adapters import Adapter, BackendError, InferCall, InferResult, ModelMetadata
+from adapters import Adapter, BackendError, InferCall, InferResult, LLMAdapter, ModelMetadata
+from adapters.llm import EmbedCall, EmbedResult, GenerateCall, GenerateResult, StreamEvent, TextDelta
 
 from .config import Config
 from .endpoints import EndpointState, EndpointTable
 from .errors import GatewayError
 from .metrics import Metrics
 from .routing.least_inflight import LeastInFlightPicker
-from .validation import validate_infer
+from .validation import validate_embed, validate_generate, validate_infer
 
 T = TypeVar("T")
 _MAX_ATTEMPTS = 2  # the first try plus one retry on another endpoint
@@ -68,6 +69,67 @@ class Director:
             model, version, timeout, "", lambda a, t: a.model_metadata(model, version, t)
         )
 
+    async def generate(self, call: GenerateCall, timeout: float, region: str = "") -> Routed[GenerateResult]:
+        validate_generate(call)
+        routed = await self._route(
+            call.model, "", timeout, region, lambda a, t: _llm(a, call.model).generate(call, t)
+        )
+        self._metrics.tokens(routed.route.pool, routed.value.usage)
+        return routed
+
+    async def embed(self, call: EmbedCall, timeout: float, region: str = "") -> Routed[EmbedResult]:
+        validate_embed(call)
+        routed = await self._route(
+            call.model, "", timeout, region, lambda a, t: _llm(a, call.model).embed(call, t)
+        )
+        self._metrics.tokens(routed.route.pool, routed.value.usage)
+        return routed
+
+    async def generate_stream(
+        self, call: GenerateCall, timeout: float, region: str = ""
+    ) -> AsyncGenerator[tuple[StreamEvent, Route], None]:
+        """Stream events with their route. A stream that fails before its first event is retried
+        once on another endpoint (when retryable); one that fails later raises, and the usage
+        seen so far is counted."""
+        validate_generate(call)
+        candidates = self._table.candidates(call.model, "")
+        deadline = time.monotonic() + timeout
+        tried: list[EndpointState] = []
+        last_error: BackendError | None = None
+        while True:
+            state = self._picker.pick(candidates, call.model, "", tried, region)
+            if state is None:
+                raise self._no_endpoint(call.model, "", candidates, last_error)
+            ep = state.endpoint
+            tried.append(state)
+            route = Route(ep.pool, ep.id, ep.backend, len(tried))
+            started = False
+            state.in_flight += 1
+            start = time.monotonic()
+            try:
+                async for event in _llm(state.adapter, call.model).generate_stream(call, deadline - start):
+                    started = True
+                    if not isinstance(event, TextDelta):
+                        self._metrics.tokens(ep.pool, event.usage)
+                    yield event, route
+                self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
+                return
+            except BackendError as err:
+                self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
+                if err.usage is not None:
+                    self._metrics.tokens(ep.pool, err.usage)
+                if err.code == _UNAVAILABLE and not started:
+                    state.mark_down(f"call failed: {err.message}")
+                    self._on_endpoint_down(state)
+                if started or not (
+                    err.retryable and len(tried) < _MAX_ATTEMPTS and deadline > time.monotonic()
+                ):
+                    raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
+                self._metrics.retries.labels(ep.pool).inc()
+                last_error = err
+            finally:
+                state.in_flight -= 1
+
     def model_ready(self, model: str, version: str) -> bool:
         try:
             states = self._table.candidates(model, version)
@@ -114,7 +176,7 @@ class Director:
                     and deadline - time.monotonic() > 0
                 )
                 if not retry:
-                    raise GatewayError(err.code, err.message) from None
+                    raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
                 self._metrics.retries.labels(ep.pool).inc()
                 last_error = err
                 continue
@@ -135,3 +197,13 @@ class Director:
             grpc.StatusCode.UNAVAILABLE,
             f"no ready endpoint for {what} in pool(s) {', '.join(pools)} ({reasons})",
         )
+
+
+def _llm(adapter: Adapter, model: str) -> LLMAdapter:
+    if not isinstance(adapter, LLMAdapter):
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {model!r} is served by a tensor backend: use Infer, not Generate/Embed",
+            retryable=False,
+        )
+    return adapter

@@ -80,7 +80,7 @@ def _matches(ref: ModelRef, model: str, version: str) -> bool:
 
 def default_adapter_maker(max_message_bytes: int) -> AdapterMaker:
     def make(ep: Endpoint) -> Adapter:
-        return REGISTRY[ep.backend](ep.id, ep.address, max_message_bytes=max_message_bytes)
+        return REGISTRY[ep.backend](ep.id, ep.address, max_message_bytes=max_message_bytes, options=ep.meta)
 
     return make
 

@@ -15,13 +15,20 @@ from grpc_status import rpc_status
 
 class GatewayError(Exception):
     def __init__(
-        self, code: grpc.StatusCode, message: str, *, field: str = "", description: str = ""
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field: str = "",
+        description: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.description = description or message
+        self.retry_after = retry_after
 
     def to_status(self) -> grpc.Status:
         detail = status_pb2.Status(code=self.code.value[0], message=self.message)
@@ -34,6 +41,10 @@ class GatewayError(Exception):
                 ]
             )
             detail.details.add().Pack(bad)
+        if self.retry_after is not None:
+            info = error_details_pb2.RetryInfo()
+            info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+            detail.details.add().Pack(info)
         status: grpc.Status = rpc_status.to_status(detail)
         return status
 

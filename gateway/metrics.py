@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from adapters.llm import Usage
 from discovery.consul import SourceStats
 
 from .endpoints import EndpointState
@@ -47,6 +48,7 @@ class Metrics:
         self.request_seconds: dict[tuple[str], _Histogram] = {}
         self.backend_requests: dict[tuple[str, str, str], int] = {}
         self.backend_seconds: dict[tuple[str], _Histogram] = {}
+        self.token_counts: dict[tuple[str, str], int] = {}
         self.retries = Counter(
             "meshgate_retries_total",
             "Calls retried on another endpoint, by pool.",
@@ -72,6 +74,16 @@ class Metrics:
         if hist is None:
             hist = self.backend_seconds[(pool,)] = _Histogram()
         hist.observe(seconds)
+
+    def tokens(self, pool: str, usage: Usage) -> None:
+        """Token usage of one LLM call (also partial usage of a broken stream)."""
+        for kind, n in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("cached", usage.cached_tokens),
+        ):
+            if n:
+                self.token_counts[(pool, kind)] = self.token_counts.get((pool, kind), 0) + n
 
     def watch_endpoints(self, states: Callable[[], Iterable[EndpointState]]) -> None:
         self.registry.register(_EndpointCollector(states))
@@ -120,6 +132,14 @@ class _CallCollector(Collector):
         for bkey, n in list(m.backend_requests.items()):
             backend.add_metric(list(bkey), n)
         yield backend
+        tokens = CounterMetricFamily(
+            "meshgate_tokens",
+            "LLM tokens by pool and kind (prompt, completion, cached).",
+            labels=["pool", "kind"],
+        )
+        for tkey, n in list(m.token_counts.items()):
+            tokens.add_metric(list(tkey), n)
+        yield tokens
         yield _histogram_family(
             "meshgate_backend_request_duration_seconds",
             "Backend call latency as seen by the gateway, by pool.",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 from adapters import InferCall, Tensor
 from adapters.base import DATATYPE_SIZES
 from adapters.kserve_wire import CONTENTS_FIELD
+from adapters.llm import EmbedCall, GenerateCall
 
 from .config import LimitsConfig
 from .errors import invalid
@@ -101,3 +103,52 @@ def _check_raw(where: str, t: Tensor, count: int, size: int) -> int:
 
 
 _DTYPES = ", ".join(DATATYPE_SIZES)
+
+
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def validate_generate(call: GenerateCall) -> None:
+    """Raise GatewayError(INVALID_ARGUMENT) naming the first bad field of a GenerateRequest."""
+    if not call.model:
+        raise invalid("model", "required")
+    if not call.messages:
+        raise invalid("messages", "at least one message is required")
+    for i, m in enumerate(call.messages):
+        if m.role not in _ROLES:
+            raise invalid(
+                f"messages[{i}].role", f"{m.role or '(empty)'} is not one of system, user, assistant, tool"
+            )
+        if not m.text and m.role != "assistant":
+            raise invalid(f"messages[{i}].content", "needs at least one non-empty text part")
+        if m.role == "tool" and not m.tool_call_id:
+            raise invalid(f"messages[{i}].tool_call_id", "required for role tool")
+    if call.temperature is not None and not 0 <= call.temperature <= 2:
+        raise invalid("sampling.temperature", f"{call.temperature} is outside [0, 2]")
+    if call.top_p is not None and not 0 < call.top_p <= 1:
+        raise invalid("sampling.top_p", f"{call.top_p} is outside (0, 1]")
+    if call.max_tokens is not None and call.max_tokens < 1:
+        raise invalid("sampling.max_tokens", f"{call.max_tokens} must be >= 1")
+    if len(call.stop) > 4:
+        raise invalid("sampling.stop", f"{len(call.stop)} stop sequences; at most 4")
+    for i, t in enumerate(call.tools):
+        if not t.name:
+            raise invalid(f"tools[{i}].name", "required")
+        try:
+            schema = json.loads(t.parameters_json or "{}")
+        except ValueError as err:
+            raise invalid(f"tools[{i}].parameters_json", f"not valid JSON: {err}") from None
+        if not isinstance(schema, dict):
+            raise invalid(f"tools[{i}].parameters_json", "must be a JSON object")
+
+
+def validate_embed(call: EmbedCall) -> None:
+    if not call.model:
+        raise invalid("model", "required")
+    if not call.inputs:
+        raise invalid("inputs", "at least one input is required")
+    for i, text in enumerate(call.inputs):
+        if not text:
+            raise invalid(f"inputs[{i}]", "empty text")
+    if call.dimensions < 0:
+        raise invalid("dimensions", f"{call.dimensions} must be >= 0")

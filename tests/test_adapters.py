@@ -76,7 +76,7 @@ async def test_metadata(adapter: tuple[str, str, Adapter]) -> None:
     assert md.name == model
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", sorted(CASES))
 async def test_backend_down_is_unavailable_and_retryable(kind: str) -> None:
     (port,) = free_ports(1)
     a = REGISTRY[kind]("down-1", f"127.0.0.1:{port}", max_message_bytes=1 << 20)
@@ -88,5 +88,27 @@ async def test_backend_down_is_unavailable_and_retryable(kind: str) -> None:
         assert f"backend down-1 ({kind} at 127.0.0.1:{port})" in caught.value.message
         with pytest.raises(BackendError):
             await a.server_live(0.5)
+    finally:
+        await a.aclose()
+
+
+@pytest.mark.parametrize("kind", ["openai", "vllm"])
+async def test_llm_backend_down_is_unavailable_and_retryable(kind: str) -> None:
+    from adapters.llm import ChatMessage, GenerateCall
+
+    (port,) = free_ports(1)
+    a = REGISTRY[kind]("down-1", f"127.0.0.1:{port}", max_message_bytes=1 << 20, options={})
+    try:
+        with pytest.raises(BackendError) as caught:
+            await a.generate(GenerateCall("m", (ChatMessage("user", "hi"),)), 2.0)  # type: ignore[attr-defined]
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.retryable
+        assert (
+            f"backend down-1 ({kind} at http://127.0.0.1:{port}/v1), model 'm': ConnectError"
+            in caught.value.message
+        )
+        with pytest.raises(BackendError) as infer_err:
+            await a.infer(_call("m", "triton"), 1.0)
+        assert infer_err.value.code == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await a.aclose()

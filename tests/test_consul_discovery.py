@@ -200,7 +200,10 @@ def test_bad_entries_and_consul_errors_leave_the_gateway_serving(
             assert infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-a"
         log = gw.log()
         assert "skipping an instance of pool tritons: service 'no-backend': Meta 'backend' is missing" in log
-        assert "service 'odd-kind': Meta backend='tensorrt-llm' is not one of kserve_v2, triton" in log
+        assert (
+            "service 'odd-kind': Meta backend='tensorrt-llm' is not one of kserve_v2, openai, triton, vllm"
+            in log
+        )
         assert "service 'bad-capacity': Meta capacity='lots' must be > 0" in log
         metrics = _metrics(gw)
         assert 'meshgate_discovery_invalid_entries_total{reason="unknown_backend",source="consul"}' in metrics
@@ -340,7 +343,7 @@ def test_register_cli_adds_a_backend_the_gateway_then_serves(
         "m",
     )
     assert bad.returncode == 2
-    assert "Meta backend='tgi' is not one of kserve_v2, triton" in bad.stderr
+    assert "Meta backend='tgi' is not one of kserve_v2, openai, triton, vllm" in bad.stderr
     missing = meshgate("deregister", "--consul", standin.address, "--id", "nope")
     assert missing.returncode == 1
     assert "Consul has no service with id 'nope'" in missing.stderr

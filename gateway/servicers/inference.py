@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from meshgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, routing_pb2, tensor_pb2
 
 from adapters import InferCall, InferResult, RequestedOutput, Tensor
 from adapters.kserve_wire import count_contents, params_from_pb, raw_into_contents
+from adapters.llm import TextDelta
 
 from ..config import ServerConfig
 from ..director import Director, Route
 from ..errors import GatewayError
 from ..metrics import Metrics
 from .common import Context, call_timeout, done, fail
+from .generate import embed_call, end_pb, finish_pb, generate_call, route_pb, tool_calls_pb, usage_pb
 
 _PREFIX = "DATA_TYPE_"
 # enum number -> KServe datatype name ("FP32"); UNSPECIFIED maps to "" (rejected by validation).
@@ -66,7 +68,7 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
         model=result.model,
         model_version=result.version,
         id=result.request_id,
-        route=inference_pb2.RouteInfo(
+        route=routing_pb2.RouteInfo(
             pool=route.pool, endpoint=route.endpoint, backend=route.backend, attempts=route.attempts
         ),
     )
@@ -103,3 +105,59 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Callers that send typed contents (JSON clients, buf curl) get typed outputs back.
         typed = all(t.raw is None for t in call.inputs)
         return response_to_pb(routed.value, routed.route, typed)
+
+    async def Generate(self, request: Any, context: Context) -> Any:
+        start = time.monotonic()
+        try:
+            routed = await self._director.generate(
+                generate_call(request), call_timeout(context, self._server), request.routing.preferred_region
+            )
+        except GatewayError as err:
+            await fail("Generate", self._metrics, context, err, start)
+        done("Generate", self._metrics, start)
+        r = routed.value
+        return generate_pb2.GenerateResponse(
+            model=r.model,
+            id=request.id,
+            text=r.text,
+            tool_calls=tool_calls_pb(r.tool_calls),
+            finish_reason=finish_pb(r.finish_reason),
+            usage=usage_pb(r.usage),
+            route=route_pb(routed.route),
+        )
+
+    async def GenerateStream(self, request: Any, context: Context) -> Any:
+        """Deltas as they come, then one end. If the caller cancels, grpc cancels this task and the
+        adapter's stream is closed, which closes the upstream HTTP request."""
+        start = time.monotonic()
+        stream = self._director.generate_stream(
+            generate_call(request), call_timeout(context, self._server), request.routing.preferred_region
+        )
+        try:
+            async for event, route in stream:
+                if isinstance(event, TextDelta):
+                    yield generate_pb2.GenerateStreamResponse(delta=event.text)
+                else:
+                    yield end_pb(event, route)
+        except GatewayError as err:
+            await fail("GenerateStream", self._metrics, context, err, start)
+        finally:
+            await stream.aclose()
+        done("GenerateStream", self._metrics, start)
+
+    async def Embed(self, request: Any, context: Context) -> Any:
+        start = time.monotonic()
+        try:
+            routed = await self._director.embed(
+                embed_call(request), call_timeout(context, self._server), request.routing.preferred_region
+            )
+        except GatewayError as err:
+            await fail("Embed", self._metrics, context, err, start)
+        done("Embed", self._metrics, start)
+        r = routed.value
+        return generate_pb2.EmbedResponse(
+            model=r.model,
+            embeddings=[generate_pb2.Embedding(values=v) for v in r.vectors],
+            usage=usage_pb(r.usage),
+            route=route_pb(routed.route),
+        )

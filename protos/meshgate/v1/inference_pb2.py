@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from meshgate.v1 import generate_pb2 as meshgate_dot_v1_dot_generate__pb2
+from meshgate.v1 import routing_pb2 as meshgate_dot_v1_dot_routing__pb2
 from meshgate.v1 import tensor_pb2 as meshgate_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshgate/v1/inference.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/tensor.proto\"\xca\x02\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.meshgate.v1.Tensor\x12-\n\x07outputs\x18\x05 \x03(\x0b\x32\x1c.meshgate.v1.RequestedOutput\x12=\n\nparameters\x18\x06 \x03(\x0b\x32).meshgate.v1.InferRequest.ParametersEntry\x12*\n\x07routing\x18\x07 \x01(\x0b\x32\x19.meshgate.v1.RoutingHints\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\"\xac\x01\n\x0fRequestedOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\nparameters\x18\x02 \x03(\x0b\x32,.meshgate.v1.RequestedOutput.ParametersEntry\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\"T\n\x0cRoutingHints\x12\x18\n\x10preferred_region\x18\x01 \x01(\t\x12*\n\ncache_mode\x18\x02 \x01(\x0e\x32\x16.meshgate.v1.CacheMode\"\x99\x02\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x07outputs\x18\x04 \x03(\x0b\x32\x13.meshgate.v1.Tensor\x12>\n\nparameters\x18\x05 \x03(\x0b\x32*.meshgate.v1.InferResponse.ParametersEntry\x12%\n\x05route\x18\x06 \x01(\x0b\x32\x16.meshgate.v1.RouteInfo\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\"N\n\tRouteInfo\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05*j\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_MODE_USE\x10\x01\x12\x15\n\x11\x43\x41\x43HE_MODE_BYPASS\x10\x02\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x03\x32K\n\tInference\x12>\n\x05Infer\x12\x19.meshgate.v1.InferRequest\x1a\x1a.meshgate.v1.InferResponseB;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshgate/v1/inference.proto\x12\x0bmeshgate.v1\x1a\x1ameshgate/v1/generate.proto\x1a\x19meshgate/v1/routing.proto\x1a\x18meshgate/v1/tensor.proto\"\xca\x02\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.meshgate.v1.Tensor\x12-\n\x07outputs\x18\x05 \x03(\x0b\x32\x1c.meshgate.v1.RequestedOutput\x12=\n\nparameters\x18\x06 \x03(\x0b\x32).meshgate.v1.InferRequest.ParametersEntry\x12*\n\x07routing\x18\x07 \x01(\x0b\x32\x19.meshgate.v1.RoutingHints\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\"\xac\x01\n\x0fRequestedOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\nparameters\x18\x02 \x03(\x0b\x32,.meshgate.v1.RequestedOutput.ParametersEntry\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\"\x99\x02\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x07outputs\x18\x04 \x03(\x0b\x32\x13.meshgate.v1.Tensor\x12>\n\nparameters\x18\x05 \x03(\x0b\x32*.meshgate.v1.InferResponse.ParametersEntry\x12%\n\x05route\x18\x06 \x01(\x0b\x32\x16.meshgate.v1.RouteInfo\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.meshgate.v1.Parameter:\x02\x38\x01\x32\xab\x02\n\tInference\x12>\n\x05Infer\x12\x19.meshgate.v1.InferRequest\x1a\x1a.meshgate.v1.InferResponse\x12G\n\x08Generate\x12\x1c.meshgate.v1.GenerateRequest\x1a\x1d.meshgate.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\x1c.meshgate.v1.GenerateRequest\x1a#.meshgate.v1.GenerateStreamResponse0\x01\x12>\n\x05\x45mbed\x12\x19.meshgate.v1.EmbedRequest\x1a\x1a.meshgate.v1.EmbedResponseB;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,24 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTEDOUTPUT_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_INFERRESPONSE_PARAMETERSENTRY']._loaded_options = None
   _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_CACHEMODE']._serialized_start=1028
-  _globals['_CACHEMODE']._serialized_end=1134
-  _globals['_INFERREQUEST']._serialized_start=71
-  _globals['_INFERREQUEST']._serialized_end=401
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=328
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=401
-  _globals['_REQUESTEDOUTPUT']._serialized_start=404
-  _globals['_REQUESTEDOUTPUT']._serialized_end=576
-  _globals['_REQUESTEDOUTPUT_PARAMETERSENTRY']._serialized_start=328
-  _globals['_REQUESTEDOUTPUT_PARAMETERSENTRY']._serialized_end=401
-  _globals['_ROUTINGHINTS']._serialized_start=578
-  _globals['_ROUTINGHINTS']._serialized_end=662
-  _globals['_INFERRESPONSE']._serialized_start=665
-  _globals['_INFERRESPONSE']._serialized_end=946
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=328
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=401
-  _globals['_ROUTEINFO']._serialized_start=948
-  _globals['_ROUTEINFO']._serialized_end=1026
-  _globals['_INFERENCE']._serialized_start=1136
-  _globals['_INFERENCE']._serialized_end=1211
+  _globals['_INFERREQUEST']._serialized_start=126
+  _globals['_INFERREQUEST']._serialized_end=456
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=383
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=456
+  _globals['_REQUESTEDOUTPUT']._serialized_start=459
+  _globals['_REQUESTEDOUTPUT']._serialized_end=631
+  _globals['_REQUESTEDOUTPUT_PARAMETERSENTRY']._serialized_start=383
+  _globals['_REQUESTEDOUTPUT_PARAMETERSENTRY']._serialized_end=456
+  _globals['_INFERRESPONSE']._serialized_start=634
+  _globals['_INFERRESPONSE']._serialized_end=915
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=383
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=456
+  _globals['_INFERENCE']._serialized_start=918
+  _globals['_INFERENCE']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

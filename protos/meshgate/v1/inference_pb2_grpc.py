@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from meshgate.v1 import generate_pb2 as meshgate_dot_v1_dot_generate__pb2
 from meshgate.v1 import inference_pb2 as meshgate_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -33,7 +34,7 @@ class InferenceStub:
     NOT_FOUND         no pool serves the model (or the version)
     UNAVAILABLE       no ready endpoint, or every tried endpoint was down
     DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+    RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     def __init__(self, channel):
@@ -47,6 +48,21 @@ class InferenceStub:
                 request_serializer=meshgate_dot_v1_dot_inference__pb2.InferRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_inference__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_unary(
+                '/meshgate.v1.Inference/Generate',
+                request_serializer=meshgate_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_generate__pb2.GenerateResponse.FromString,
+                _registered_method=True)
+        self.GenerateStream = channel.unary_stream(
+                '/meshgate.v1.Inference/GenerateStream',
+                request_serializer=meshgate_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_generate__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/meshgate.v1.Inference/Embed',
+                request_serializer=meshgate_dot_v1_dot_generate__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_generate__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -57,12 +73,35 @@ class InferenceServicer:
     NOT_FOUND         no pool serves the model (or the version)
     UNAVAILABLE       no ready endpoint, or every tried endpoint was down
     DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+    RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     def Infer(self, request, context):
         """Runs one inference on a tensor model (KServe v2 semantics). Idempotent:
         when the first endpoint is UNAVAILABLE the call is retried once on another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Chat generation on an LLM (OpenAI-compatible servers and APIs), whole answer at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStream(self, request, context):
+        """Chat generation, streamed: text deltas as the backend produces them, then one `end` with
+        finish reason and usage. A stream that breaks before its first delta is retried on another
+        endpoint; one that breaks later ends with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Text embeddings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +114,21 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=meshgate_dot_v1_dot_inference__pb2.InferRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_inference__pb2.InferResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=meshgate_dot_v1_dot_generate__pb2.GenerateRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_generate__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=meshgate_dot_v1_dot_generate__pb2.GenerateRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_generate__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=meshgate_dot_v1_dot_generate__pb2.EmbedRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_generate__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,7 +146,7 @@ class Inference:
     NOT_FOUND         no pool serves the model (or the version)
     UNAVAILABLE       no ready endpoint, or every tried endpoint was down
     DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+    RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     @staticmethod
@@ -112,6 +166,87 @@ class Inference:
             '/meshgate.v1.Inference/Infer',
             meshgate_dot_v1_dot_inference__pb2.InferRequest.SerializeToString,
             meshgate_dot_v1_dot_inference__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.Inference/Generate',
+            meshgate_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
+            meshgate_dot_v1_dot_generate__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meshgate.v1.Inference/GenerateStream',
+            meshgate_dot_v1_dot_generate__pb2.GenerateRequest.SerializeToString,
+            meshgate_dot_v1_dot_generate__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.Inference/Embed',
+            meshgate_dot_v1_dot_generate__pb2.EmbedRequest.SerializeToString,
+            meshgate_dot_v1_dot_generate__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

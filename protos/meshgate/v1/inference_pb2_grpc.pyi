@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from meshgate.v1 import generate_pb2 as _generate_pb2
 from meshgate.v1 import inference_pb2 as _inference_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -34,7 +35,7 @@ class InferenceStub:
       NOT_FOUND         no pool serves the model (or the version)
       UNAVAILABLE       no ready endpoint, or every tried endpoint was down
       DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+      RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     @_typing.overload
@@ -45,6 +46,15 @@ class InferenceStub:
     """Runs one inference on a tensor model (KServe v2 semantics). Idempotent:
     when the first endpoint is UNAVAILABLE the call is retried once on another.
     """
+    Generate: _grpc.UnaryUnaryMultiCallable[_generate_pb2.GenerateRequest, _generate_pb2.GenerateResponse]
+    """Chat generation on an LLM (OpenAI-compatible servers and APIs), whole answer at once."""
+    GenerateStream: _grpc.UnaryStreamMultiCallable[_generate_pb2.GenerateRequest, _generate_pb2.GenerateStreamResponse]
+    """Chat generation, streamed: text deltas as the backend produces them, then one `end` with
+    finish reason and usage. A stream that breaks before its first delta is retried on another
+    endpoint; one that breaks later ends with UNAVAILABLE.
+    """
+    Embed: _grpc.UnaryUnaryMultiCallable[_generate_pb2.EmbedRequest, _generate_pb2.EmbedResponse]
+    """Text embeddings."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -55,7 +65,7 @@ class InferenceAsyncStub(InferenceStub):
       NOT_FOUND         no pool serves the model (or the version)
       UNAVAILABLE       no ready endpoint, or every tried endpoint was down
       DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+      RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,6 +73,15 @@ class InferenceAsyncStub(InferenceStub):
     """Runs one inference on a tensor model (KServe v2 semantics). Idempotent:
     when the first endpoint is UNAVAILABLE the call is retried once on another.
     """
+    Generate: _aio.UnaryUnaryMultiCallable[_generate_pb2.GenerateRequest, _generate_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Chat generation on an LLM (OpenAI-compatible servers and APIs), whole answer at once."""
+    GenerateStream: _aio.UnaryStreamMultiCallable[_generate_pb2.GenerateRequest, _generate_pb2.GenerateStreamResponse]  # type: ignore[assignment]
+    """Chat generation, streamed: text deltas as the backend produces them, then one `end` with
+    finish reason and usage. A stream that breaks before its first delta is retried on another
+    endpoint; one that breaks later ends with UNAVAILABLE.
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_generate_pb2.EmbedRequest, _generate_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Text embeddings."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """Runs models behind the gateway. The gateway picks an endpoint of a pool
@@ -72,7 +91,7 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
       NOT_FOUND         no pool serves the model (or the version)
       UNAVAILABLE       no ready endpoint, or every tried endpoint was down
       DEADLINE_EXCEEDED the deadline passed before the backend answered
-    Generation (chat, streaming) and embeddings will be added to this service.
+      RESOURCE_EXHAUSTED a provider's rate limit (RetryInfo carries its Retry-After)
     """
 
     @_abc_1.abstractmethod
@@ -84,5 +103,32 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         """Runs one inference on a tensor model (KServe v2 semantics). Idempotent:
         when the first endpoint is UNAVAILABLE the call is retried once on another.
         """
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _generate_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generate_pb2.GenerateResponse, _abc.Awaitable[_generate_pb2.GenerateResponse]]:
+        """Chat generation on an LLM (OpenAI-compatible servers and APIs), whole answer at once."""
+
+    @_abc_1.abstractmethod
+    def GenerateStream(
+        self,
+        request: _generate_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_generate_pb2.GenerateStreamResponse], _abc.AsyncIterator[_generate_pb2.GenerateStreamResponse]]:
+        """Chat generation, streamed: text deltas as the backend produces them, then one `end` with
+        finish reason and usage. A stream that breaks before its first delta is retried on another
+        endpoint; one that breaks later ends with UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _generate_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generate_pb2.EmbedResponse, _abc.Awaitable[_generate_pb2.EmbedResponse]]:
+        """Text embeddings."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

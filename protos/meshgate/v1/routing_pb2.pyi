@@ -1,0 +1,37 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_UNSPECIFIED: _ClassVar[CacheMode]
+    CACHE_MODE_USE: _ClassVar[CacheMode]
+    CACHE_MODE_BYPASS: _ClassVar[CacheMode]
+    CACHE_MODE_REFRESH: _ClassVar[CacheMode]
+CACHE_MODE_UNSPECIFIED: CacheMode
+CACHE_MODE_USE: CacheMode
+CACHE_MODE_BYPASS: CacheMode
+CACHE_MODE_REFRESH: CacheMode
+
+class RoutingHints(_message.Message):
+    __slots__ = ("preferred_region", "cache_mode")
+    PREFERRED_REGION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
+    preferred_region: str
+    cache_mode: CacheMode
+    def __init__(self, preferred_region: _Optional[str] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
+
+class RouteInfo(_message.Message):
+    __slots__ = ("pool", "endpoint", "backend", "attempts")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    endpoint: str
+    backend: str
+    attempts: int
+    def __init__(self, pool: _Optional[str] = ..., endpoint: _Optional[str] = ..., backend: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
