@@ -8,7 +8,8 @@ the key, as OpenAI's does), 429 with Retry-After.
 
 The model echoes: the answer is "echo: " + the last user message, one word per token.
 Knobs for tests: `token_interval_s`, `first_token_delay_s`, `fail_next(status, n, retry_after)`,
-`break_after` (drop the connection after N deltas), `api_key`. It records request bodies and how
+`break_after` (drop the connection after N deltas), `api_key`. Injected failures apply to POSTs
+(model calls), not to GET /v1/models. It records request bodies and how
 many streams the client abandoned (`cancelled`).
 
 Runs in its own thread with its own event loop.
@@ -81,7 +82,9 @@ class OpenAIStandIn:
 
     def _check(self, request: web.Request) -> web.Response | None:
         status, left, retry_after = self._fail
-        if left > 0:
+        # Injected failures hit model calls only: the gateway's readiness probe (GET /models) must
+        # not consume them.
+        if left > 0 and request.method == "POST":
             self._fail = (status, left - 1, retry_after)
             if status == 429:
                 return self._error(
