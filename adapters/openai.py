@@ -115,17 +115,26 @@ class OpenAIAdapter:
         )
 
     # -- LLMAdapter -----------------------------------------------------------------------------
-    async def generate(self, call: GenerateCall, timeout: float | None) -> GenerateResult:
+    async def _post(self, path: str, body: dict[str, Any], timeout: float | None, model: str) -> Any:
+        """POST JSON; the decoded answer, or BackendError for transport and HTTP errors."""
         try:
-            resp = await self._client.post(
-                "/chat/completions", json=_chat_body(call, stream=False), timeout=timeout
-            )
+            resp = await self._client.post(path, json=body, timeout=timeout)
         except httpx.HTTPError as err:
-            raise self._transport_error(err, call.model) from None
+            raise self._transport_error(err, model) from None
         if resp.status_code != 200:
-            raise self._http_error(resp.status_code, resp.text, resp.headers, call.model)
+            raise self._http_error(resp.status_code, resp.text, resp.headers, model)
         try:
-            doc = resp.json()
+            return resp.json()
+        except ValueError as err:
+            raise BackendError(
+                grpc.StatusCode.INTERNAL,
+                f"{self._where(model)}: response is not JSON: {err}",
+                retryable=False,
+            ) from None
+
+    async def generate(self, call: GenerateCall, timeout: float | None) -> GenerateResult:
+        doc = await self._post("/chat/completions", _chat_body(call, stream=False), timeout, call.model)
+        try:
             choice = doc["choices"][0]
             message = choice.get("message") or {}
             return GenerateResult(
@@ -146,7 +155,7 @@ class OpenAIAdapter:
         body = _chat_body(call, stream=True)
         usage, finish, model = Usage(), "", call.model
         tools: dict[int, list[str]] = {}
-        sent_any = False
+        sent_any, deltas = False, 0
         try:
             async with self._client.stream("POST", "/chat/completions", json=body, timeout=timeout) as resp:
                 if resp.status_code != 200:
@@ -170,7 +179,7 @@ class OpenAIAdapter:
                     for choice in chunk.get("choices") or ():
                         delta = choice.get("delta") or {}
                         if delta.get("content"):
-                            sent_any = True
+                            sent_any, deltas = True, deltas + 1
                             yield TextDelta(str(delta["content"]))
                         for t in delta.get("tool_calls") or ():
                             parts = tools.setdefault(int(t.get("index", 0)), ["", "", ""])
@@ -181,34 +190,28 @@ class OpenAIAdapter:
                         if choice.get("finish_reason"):
                             finish = _finish(choice["finish_reason"])
         except httpx.HTTPError as err:
-            raise self._transport_error(err, call.model, usage) from None
+            raise self._transport_error(err, call.model, _seen(usage, deltas)) from None
         except (ValueError, TypeError, AttributeError) as err:
             raise BackendError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{self._where(call.model)}: malformed stream: {err}",
                 retryable=not sent_any,
-                usage=usage,
+                usage=_seen(usage, deltas),
             ) from None
         # The connection ended without [DONE]: the stream broke.
         raise BackendError(
             grpc.StatusCode.UNAVAILABLE,
             f"{self._where(call.model)}: stream ended before [DONE]",
             retryable=not sent_any,
-            usage=usage,
+            usage=_seen(usage, deltas),
         )
 
     async def embed(self, call: EmbedCall, timeout: float | None) -> EmbedResult:
         body: dict[str, Any] = {"model": call.model, "input": list(call.inputs), "encoding_format": "float"}
         if call.dimensions:
             body["dimensions"] = call.dimensions
+        doc = await self._post("/embeddings", body, timeout, call.model)
         try:
-            resp = await self._client.post("/embeddings", json=body, timeout=timeout)
-        except httpx.HTTPError as err:
-            raise self._transport_error(err, call.model) from None
-        if resp.status_code != 200:
-            raise self._http_error(resp.status_code, resp.text, resp.headers, call.model)
-        try:
-            doc = resp.json()
             rows = sorted(doc["data"], key=lambda r: r.get("index", 0))
             vectors = tuple(tuple(float(v) for v in r["embedding"]) for r in rows)
             return EmbedResult(str(doc.get("model") or call.model), vectors, _usage(doc.get("usage")))
@@ -308,6 +311,12 @@ async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:
             data.append(line[5:].lstrip(" "))
     if data:
         yield "\n".join(data)
+
+
+def _seen(usage: Usage, deltas: int) -> Usage:
+    """Usage of a broken stream: the provider's own count if it sent one (it comes last), else
+    the deltas seen, about one token each (an estimate, for accounting what the caller received)."""
+    return usage if usage.completion_tokens else usage._replace(completion_tokens=deltas)
 
 
 def _usage(doc: Any) -> Usage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
@@ -92,6 +93,13 @@ class Metrics:
         self.registry.register(_SourceCollector(name, stats))
 
 
+def _counter_family(name: str, doc: str, labels: list[str], data: dict[Any, int]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in list(data.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    return family
+
+
 def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple[str], _Histogram]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for key, hist in list(data.items()):
@@ -110,36 +118,30 @@ class _CallCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self._m
-        requests = CounterMetricFamily(
+        yield _counter_family(
             "meshgate_requests",
             "Calls answered by the gateway, by RPC method and gRPC status code.",
-            labels=["method", "code"],
+            ["method", "code"],
+            m.requests,
         )
-        for key, n in list(m.requests.items()):
-            requests.add_metric(list(key), n)
-        yield requests
         yield _histogram_family(
             "meshgate_request_duration_seconds",
             "Time from a call's arrival to its answer, by RPC method.",
             ["method"],
             m.request_seconds,
         )
-        backend = CounterMetricFamily(
+        yield _counter_family(
             "meshgate_backend_requests",
             "Calls sent to backends, by pool, endpoint and gRPC status code.",
-            labels=["pool", "endpoint", "code"],
+            ["pool", "endpoint", "code"],
+            m.backend_requests,
         )
-        for bkey, n in list(m.backend_requests.items()):
-            backend.add_metric(list(bkey), n)
-        yield backend
-        tokens = CounterMetricFamily(
+        yield _counter_family(
             "meshgate_tokens",
             "LLM tokens by pool and kind (prompt, completion, cached).",
-            labels=["pool", "kind"],
+            ["pool", "kind"],
+            m.token_counts,
         )
-        for tkey, n in list(m.token_counts.items()):
-            tokens.add_metric(list(tkey), n)
-        yield tokens
         yield _histogram_family(
             "meshgate_backend_request_duration_seconds",
             "Backend call latency as seen by the gateway, by pool.",
@@ -194,17 +196,17 @@ class _SourceCollector(Collector):
         last = self._stats.last_ok
         age.add_metric([self._name], time.monotonic() - last if last else float("inf"))
         yield age
-        errors = CounterMetricFamily(
-            "meshgate_discovery_errors", "Failed discovery queries, by error kind.", labels=["source", "kind"]
+        source = {(self._name, kind): n for kind, n in list(self._stats.errors.items())}
+        yield _counter_family(
+            "meshgate_discovery_errors",
+            "Failed discovery queries, by error kind.",
+            ["source", "kind"],
+            source,
         )
-        for kind, n in list(self._stats.errors.items()):
-            errors.add_metric([self._name, kind], n)
-        yield errors
-        invalid = CounterMetricFamily(
+        invalid = {(self._name, reason): n for reason, n in list(self._stats.invalid.items())}
+        yield _counter_family(
             "meshgate_discovery_invalid_entries",
             "Discovered instances skipped because their Meta was invalid, by reason.",
-            labels=["source", "reason"],
+            ["source", "reason"],
+            invalid,
         )
-        for reason, n in list(self._stats.invalid.items()):
-            invalid.add_metric([self._name, reason], n)
-        yield invalid

@@ -153,9 +153,19 @@ def test_stream_broken_before_first_token_is_retried_on_another_endpoint(
     assert [e.route.endpoint for e in ends if e.route.attempts == 2] == ["llm-b"]
 
 
+def _completion_tokens(gw: Gateway) -> float:
+    import urllib.request
+
+    page = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
+    prefix = 'meshgate_tokens_total{kind="completion",pool="llm"}'
+    line = next((x for x in page.splitlines() if x.startswith(prefix)), "")
+    return float(line.split()[-1]) if line else 0.0
+
+
 def test_stream_broken_after_first_token_is_unavailable(
     gateway: Gateway, providers: tuple[OpenAIStandIn, OpenAIStandIn]
 ) -> None:
+    tokens_before = _completion_tokens(gateway)
     for p in providers:
         p.break_after = 2
     ch, s = stub(gateway)
@@ -165,6 +175,7 @@ def test_stream_broken_after_first_token_is_unavailable(
             got.append(msg.delta)
     assert got == ["echo:", " x"]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _completion_tokens(gateway) == tokens_before + 2  # what the caller received is accounted
     assert (
         "stream ended before [DONE]" in caught.value.details()
         or "RemoteProtocolError" in caught.value.details()
