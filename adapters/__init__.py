@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from .anthropic import AnthropicAdapter
 from .base import (
     Adapter,
     BackendError,
@@ -27,6 +28,7 @@ REGISTRY: Mapping[str, AdapterFactory] = {
     "triton": TritonAdapter,
     "kserve_v2": KServeV2Adapter,
     "openai": OpenAIAdapter,
+    "anthropic": AnthropicAdapter,
     "vllm": VLLMAdapter,
 }
 
@@ -34,6 +36,7 @@ __all__ = [
     "REGISTRY",
     "Adapter",
     "AdapterFactory",
+    "AnthropicAdapter",
     "BackendError",
     "InferCall",
     "InferResult",

@@ -98,6 +98,8 @@ def _serve(path: str | None, workers: int) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # httpx logs every request at INFO: one line per LLM call and readiness probe is noise.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     if workers > 1:
         return _serve_workers(path, workers)
     from .app import serve

@@ -30,6 +30,7 @@ from aiohttp import web
 class OpenAIStandIn:
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
+        self.model_ids = ["echo", "embed-small"]  # what GET /v1/models lists
         self.token_interval_s = 0.0
         self.first_token_delay_s = 0.0
         self.break_after: int | None = None
@@ -60,6 +61,7 @@ class OpenAIStandIn:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        self._routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -67,6 +69,9 @@ class OpenAIStandIn:
         server = site._server
         assert server is not None and server.sockets
         return int(server.sockets[0].getsockname()[1])
+
+    def _routes(self, app: web.Application) -> None:
+        """Subclasses add their API's routes."""
 
     # -- errors ----------------------------------------------------------------------------------
     def _error(
@@ -108,7 +113,7 @@ class OpenAIStandIn:
             )
         if self.api_key is not None:
             auth = request.headers.get("Authorization", "")
-            given = auth.removeprefix("Bearer ")
+            given = request.headers.get("x-api-key") or auth.removeprefix("Bearer ")
             if given != self.api_key:
                 shown = f"{given[:6]}****{given[-4:]}" if len(given) > 10 else "****"
                 return self._error(
@@ -127,7 +132,7 @@ class OpenAIStandIn:
         return web.json_response(
             {
                 "object": "list",
-                "data": [{"id": "echo", "object": "model"}, {"id": "embed-small", "object": "model"}],
+                "data": [{"id": m, "object": "model"} for m in self.model_ids],
             }
         )
 

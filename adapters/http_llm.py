@@ -1,0 +1,193 @@
+"""Shared plumbing of the HTTP LLM adapters (OpenAI-compatible, Anthropic).
+
+One httpx.AsyncClient per endpoint (connection pooling; HTTP/2 for https). The API key comes
+from the environment variable or file the endpoint names (`api_key_env`, `api_key_file`), never
+from the config itself, and never appears in a message: provider error texts are scrubbed of
+key-like strings. Both providers put the error text at `error.message` in the body.
+
+Provider errors -> gRPC codes: 400 INVALID_ARGUMENT, 401 FAILED_PRECONDITION (the gateway's key
+is wrong: not the caller's fault), 403 PERMISSION_DENIED, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED
+with Retry-After, 5xx (incl. Anthropic's 529 overloaded) / connection errors / timeouts
+UNAVAILABLE (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+import httpx
+
+from .base import BackendError, InferCall, InferResult, ModelMetadata
+from .llm import Usage
+
+_KEYLIKE = re.compile(r"\b(sk|key|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.FAILED_PRECONDITION,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def read_api_key(options: Mapping[str, str]) -> str | None:
+    if options.get("api_key_file"):
+        return Path(options["api_key_file"]).read_text().strip() or None
+    if options.get("api_key_env"):
+        return os.environ.get(options["api_key_env"]) or None
+    return None
+
+
+class HTTPLLMAdapter:
+    """Base of the HTTP LLM adapters: client, errors, readiness; subclasses speak the API."""
+
+    kind: ClassVar[str] = "http"
+
+    def _auth_headers(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    def __init__(
+        self,
+        endpoint_id: str,
+        address: str,
+        *,
+        max_message_bytes: int,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        options = options or {}
+        self.options = options
+        self.endpoint_id = endpoint_id
+        self.base_url = options.get("base_url") or f"http://{address}/v1"
+        headers = {"user-agent": "meshgate"}
+        key = read_api_key(options)
+        if key:
+            headers.update(self._auth_headers(key))
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            http2=self.base_url.startswith("https"),
+            timeout=httpx.Timeout(None, connect=5.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+        )
+        self._models: set[str] = set()
+
+    # -- errors ---------------------------------------------------------------------------------
+    def _where(self, model: str) -> str:
+        return f"backend {self.endpoint_id} ({self.kind} at {self.base_url}), model '{model}'"
+
+    def _http_error(self, status: int, body: str, headers: Mapping[str, str], model: str) -> BackendError:
+        try:
+            detail = json.loads(body).get("error", {})
+            text = detail.get("message") if isinstance(detail, dict) else str(detail)
+        except (ValueError, AttributeError):
+            text = body[:200]
+        text = _KEYLIKE.sub(r"\1-***", str(text or f"HTTP {status}"))
+        code = _STATUS.get(status, grpc.StatusCode.UNAVAILABLE if status >= 500 else grpc.StatusCode.INTERNAL)
+        retry_after = _retry_after(headers.get("retry-after"))
+        return BackendError(
+            code,
+            f"{self._where(model)}: HTTP {status}: {text}",
+            retryable=code == grpc.StatusCode.UNAVAILABLE,
+            retry_after=retry_after,
+        )
+
+    def _transport_error(self, err: httpx.HTTPError, model: str, usage: Usage | None = None) -> BackendError:
+        if isinstance(err, httpx.TimeoutException):
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            code = grpc.StatusCode.UNAVAILABLE
+        return BackendError(
+            code,
+            f"{self._where(model)}: {type(err).__name__}: {err}"[:500],
+            retryable=code == grpc.StatusCode.UNAVAILABLE,
+            usage=usage,
+        )
+
+    async def _post(self, path: str, body: dict[str, Any], timeout: float | None, model: str) -> Any:
+        """POST JSON; the decoded answer, or BackendError for transport and HTTP errors."""
+        try:
+            resp = await self._client.post(path, json=body, timeout=timeout)
+        except httpx.HTTPError as err:
+            raise self._transport_error(err, model) from None
+        if resp.status_code != 200:
+            raise self._http_error(resp.status_code, resp.text, resp.headers, model)
+        try:
+            return resp.json()
+        except ValueError as err:
+            raise BackendError(
+                grpc.StatusCode.INTERNAL,
+                f"{self._where(model)}: response is not JSON: {err}",
+                retryable=False,
+            ) from None
+
+    # -- Adapter --------------------------------------------------------------------------------
+    async def server_live(self, timeout: float) -> bool:
+        """GET /models: answers on OpenAI, vLLM, llama.cpp and TGI without spending tokens."""
+        try:
+            resp = await self._client.get("/models", timeout=timeout)
+        except httpx.HTTPError as err:
+            raise self._transport_error(err, "") from None
+        if resp.status_code != 200:
+            raise self._http_error(resp.status_code, resp.text, resp.headers, "")
+        try:
+            self._models = {str(m.get("id")) for m in resp.json().get("data", [])}
+        except (ValueError, AttributeError):
+            self._models = set()
+        return True
+
+    async def model_ready(self, model: str, version: str, timeout: float) -> bool:
+        # Providers list only some models (aliases, fine-tunes): an empty or partial list is no proof.
+        return not self._models or model in self._models or any(m.endswith(model) for m in self._models)
+
+    async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
+        raise BackendError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{self._where(call.model)}: serves Generate and Embed, not Infer",
+            retryable=False,
+        )
+
+    async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
+        raise BackendError(
+            grpc.StatusCode.UNIMPLEMENTED, f"{self._where(model)}: no tensor metadata", retryable=False
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def sse_data(resp: httpx.Response) -> AsyncIterator[str]:
+    """The `data:` payloads of a server-sent event stream (multi-line data joined with newlines)."""
+    data: list[str] = []
+    async for line in resp.aiter_lines():
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from LLM providers; the caller falls back to its own backoff
+
+
+def seen_usage(usage: Usage, deltas: int) -> Usage:
+    """Usage of a broken stream: the provider's own count if it sent one (it comes last), else
+    the deltas seen, about one token each (an estimate, for accounting what the caller received)."""
+    return usage if usage.completion_tokens else usage._replace(completion_tokens=deltas)
