@@ -19,6 +19,7 @@ from .base import (
 from .kserve_v2 import KServeV2Adapter
 from .llm import LLMAdapter
 from .openai import OpenAIAdapter, VLLMAdapter
+from .tfserving import TFServingAdapter
 from .triton import TritonAdapter
 
 AdapterFactory = Callable[..., Adapter]
@@ -27,6 +28,7 @@ AdapterFactory = Callable[..., Adapter]
 REGISTRY: Mapping[str, AdapterFactory] = {
     "triton": TritonAdapter,
     "kserve_v2": KServeV2Adapter,
+    "tfserving": TFServingAdapter,
     "openai": OpenAIAdapter,
     "anthropic": AnthropicAdapter,
     "vllm": VLLMAdapter,
@@ -46,6 +48,7 @@ __all__ = [
     "OpenAIAdapter",
     "ParamValue",
     "RequestedOutput",
+    "TFServingAdapter",
     "Tensor",
     "TensorSpec",
     "TritonAdapter",

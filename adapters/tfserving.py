@@ -1,0 +1,173 @@
+"""TensorFlow Serving adapter, over its REST API.
+
+    POST /v1/models/<name>[/versions/<v> | /labels/<label>]:predict   {"inputs": {name: nested list}}
+    GET  /v1/models/<name>[/versions/<v>]                              model_version_status
+
+Tensors go in TF Serving's columnar ("inputs") format, so raw tensors are decoded here (JSON has
+no raw bytes); outputs come back as JSON numbers and are re-encoded as raw tensors with the
+datatype the caller's inputs suggest (floats: FP32, ints: INT64, strings: BYTES, bools: BOOL).
+A version that is not a number is sent as a label (`/labels/stable`). Errors come as
+{"error": "..."}: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 5xx and connection errors UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import grpc
+import httpx
+import numpy as np
+
+from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
+from .kserve_wire import CONTENTS_FIELD
+from .tensor_codec import decode_raw, encode_numpy
+
+_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
+
+
+class TFServingAdapter:
+    kind: ClassVar[str] = "tfserving"
+
+    def __init__(
+        self,
+        endpoint_id: str,
+        address: str,
+        *,
+        max_message_bytes: int,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        self.endpoint_id = endpoint_id
+        self.base_url = (options or {}).get("base_url") or f"http://{address}"
+        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
+
+    def _where(self, model: str) -> str:
+        return f"backend {self.endpoint_id} ({self.kind} at {self.base_url}), model '{model}'"
+
+    def _error(self, resp: httpx.Response, model: str) -> BackendError:
+        try:
+            text = str(resp.json().get("error", resp.text))
+        except ValueError:
+            text = resp.text[:200]
+        code = _STATUS.get(
+            resp.status_code,
+            grpc.StatusCode.UNAVAILABLE if resp.status_code >= 500 else grpc.StatusCode.INTERNAL,
+        )
+        return BackendError(
+            code,
+            f"{self._where(model)}: HTTP {resp.status_code}: {text}",
+            retryable=code == grpc.StatusCode.UNAVAILABLE,
+        )
+
+    def _transport(self, err: httpx.HTTPError, model: str) -> BackendError:
+        code = (
+            grpc.StatusCode.DEADLINE_EXCEEDED
+            if isinstance(err, httpx.TimeoutException)
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        return BackendError(
+            code,
+            f"{self._where(model)}: {type(err).__name__}: {err}"[:500],
+            retryable=code == grpc.StatusCode.UNAVAILABLE,
+        )
+
+    @staticmethod
+    def _path(model: str, version: str) -> str:
+        if not version:
+            return f"/v1/models/{model}"
+        return (
+            f"/v1/models/{model}/versions/{version}"
+            if version.isdigit()
+            else f"/v1/models/{model}/labels/{version}"
+        )
+
+    async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
+        inputs = {t.name: _to_list(t) for t in call.inputs}
+        body: dict[str, Any] = {"inputs": inputs}
+        try:
+            resp = await self._client.post(
+                f"{self._path(call.model, call.version)}:predict", json=body, timeout=timeout
+            )
+        except httpx.HTTPError as err:
+            raise self._transport(err, call.model) from None
+        if resp.status_code != 200:
+            raise self._error(resp, call.model)
+        try:
+            outputs = resp.json()["outputs"]
+        except (ValueError, KeyError) as err:
+            raise BackendError(
+                grpc.StatusCode.INTERNAL,
+                f"{self._where(call.model)}: malformed response: {err}",
+                retryable=False,
+            ) from None
+        if not isinstance(outputs, dict):
+            outputs = {"outputs": outputs}  # a model with one output answers with the bare value
+        wanted = {o.name for o in call.outputs}
+        tensors = tuple(
+            _from_list(name, value) for name, value in outputs.items() if not wanted or name in wanted
+        )
+        return InferResult(call.model, call.version, call.request_id, tensors)
+
+    async def server_live(self, timeout: float) -> bool:
+        """TF Serving's REST API has no liveness route: any HTTP answer means the server is up."""
+        try:
+            await self._client.get("/v1/models/__meshgate_probe__", timeout=timeout)
+        except httpx.HTTPError as err:
+            raise self._transport(err, "") from None
+        return True
+
+    async def model_ready(self, model: str, version: str, timeout: float) -> bool:
+        try:
+            resp = await self._client.get(self._path(model, version), timeout=timeout)
+        except httpx.HTTPError as err:
+            raise self._transport(err, model) from None
+        if resp.status_code != 200:
+            return False
+        try:
+            states = [v.get("state") for v in resp.json().get("model_version_status", [])]
+        except (ValueError, AttributeError):
+            return False
+        return "AVAILABLE" in states
+
+    async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
+        raise BackendError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{self._where(model)}: metadata is not mapped yet",
+            retryable=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _to_list(t: Tensor) -> Any:
+    if t.raw is not None:
+        values = decode_raw(t.raw, t.datatype)
+        if t.datatype == "BYTES":
+            return (
+                np.array([v.decode("utf-8", "replace") for v in values], dtype=object)
+                .reshape(t.shape)
+                .tolist()
+            )
+        return np.asarray(values).reshape(t.shape).tolist()
+    from tritonclient.grpc import service_pb2 as pb
+
+    contents = pb.InferTensorContents.FromString(t.contents or b"")
+    values = list(getattr(contents, CONTENTS_FIELD.get(t.datatype, "fp32_contents")))
+    if t.datatype == "BYTES":
+        values = [v.decode("utf-8", "replace") for v in values]
+    return np.array(values, dtype=object).reshape(t.shape).tolist()
+
+
+def _from_list(name: str, value: Any) -> Tensor:
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        datatype = "FP32"
+    elif array.dtype.kind in "iu":
+        datatype = "INT64"
+    elif array.dtype.kind == "b":
+        datatype = "BOOL"
+    else:
+        datatype = "BYTES"
+    shape = tuple(int(d) for d in array.shape) or (1,)
+    return Tensor(name, datatype, shape, raw=encode_numpy(array.reshape(shape), datatype))
