@@ -7,7 +7,7 @@ PROTO_DIR := protos
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 CONFIG ?=
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery servers system-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream servers system-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto          regenerate Python code from protos/"
 	@echo "make bench-overhead gateway overhead vs a bare grpc.aio proxy and nginx"
 	@echo "make bench-discovery Consul change -> routing latency, cost of 1,000 endpoints"
+	@echo "make bench-stream   LLM token streaming through meshgate vs direct"
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,9 @@ bench-overhead: venv system-deps
 
 bench-discovery: venv system-deps
 	$(BIN)/python -m bench.discovery $(BENCH_ARGS)
+
+bench-stream: venv
+	$(BIN)/python -m bench.stream $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
