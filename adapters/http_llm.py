@@ -75,7 +75,7 @@ class HTTPLLMAdapter:
             headers=headers,
             http2=self.base_url.startswith("https"),
             timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512, keepalive_expiry=60.0),
         )
         self._models: set[str] = set()
 

@@ -5,7 +5,9 @@ N concurrent chat streams (default 100) of T tokens each (default 500) at R toke
 (default 50) from the OpenAI-compatible stand-in (tests/openai_standin.py, in its own process),
 consumed directly over HTTP SSE and through meshgate's GenerateStream. Prints delivered tokens/s,
 time to first token p50/p99 (and what meshgate adds), inter-token gap p99, and the gateway's CPU.
-Then the relay ceiling: the same with no pacing (the backend sends as fast as it can).
+Streams start spread over --stagger seconds (steady arrivals) and, separately, all at once (a
+burst, where first tokens queue behind the gateway's work of opening every stream). Then the
+relay ceiling: the same with no pacing (the backend sends as fast as it can).
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
 
 
-async def direct_stream(client: httpx.AsyncClient, words: str) -> tuple[float, list[float], int]:
+async def direct_stream(
+    client: httpx.AsyncClient, words: str, delay: float = 0.0
+) -> tuple[float, list[float], int]:
+    await asyncio.sleep(delay)
     body = {
         "model": "echo",
         "messages": [{"role": "user", "content": words}],
@@ -65,7 +70,8 @@ async def direct_stream(client: httpx.AsyncClient, words: str) -> tuple[float, l
     return first, stamps, n
 
 
-async def mesh_stream(stub: Any, words: str) -> tuple[float, list[float], int]:
+async def mesh_stream(stub: Any, words: str, delay: float = 0.0) -> tuple[float, list[float], int]:
+    await asyncio.sleep(delay)
     msg = generate_pb2.ChatMessage(role="user", content=[generate_pb2.ContentPart(text=words)])
     req = generate_pb2.GenerateRequest(model="echo", messages=[msg])
     t0 = time.perf_counter()
@@ -79,17 +85,21 @@ async def mesh_stream(stub: Any, words: str) -> tuple[float, list[float], int]:
     return first, stamps, n
 
 
-async def run(mode: str, streams: int, words: str, target: str) -> dict[str, float]:
+async def run(mode: str, streams: int, words: str, target: str, stagger: float) -> dict[str, float]:
     t0 = time.perf_counter()
     if mode == "direct":
         async with httpx.AsyncClient(
             base_url=target, timeout=None, limits=httpx.Limits(max_connections=streams + 10)
         ) as client:
-            results = await asyncio.gather(*(direct_stream(client, words) for _ in range(streams)))
+            results = await asyncio.gather(
+                *(direct_stream(client, words, i * stagger / streams) for i in range(streams))
+            )
     else:
         async with grpc.aio.insecure_channel(target) as ch:
             stub = inference_pb2_grpc.InferenceStub(ch)
-            results = await asyncio.gather(*(mesh_stream(stub, words) for _ in range(streams)))
+            results = await asyncio.gather(
+                *(mesh_stream(stub, words, i * stagger / streams) for i in range(streams))
+            )
     elapsed = time.perf_counter() - t0
     ttft = [r[0] * 1000 for r in results]
     gaps = [(b - a) * 1000 for r in results for a, b in zip(r[1], r[1][1:], strict=False)]
@@ -108,14 +118,22 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=500)
     ap.add_argument("--rate", type=float, default=50.0, help="tokens/s per stream")
+    ap.add_argument(
+        "--stagger",
+        type=float,
+        default=2.0,
+        help="seconds over which the streams start (0 = all at once, a burst)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="meshgate-bench-stream-"))
     words = " ".join(["tok"] * (args.tokens - 1))  # the stand-in echoes: "echo:" + the words
     rows: list[tuple[str, str, dict[str, float]]] = []
-    for label, interval in (
-        (f"{args.rate:g} tok/s per stream", 1 / args.rate),
-        ("unpaced (relay ceiling)", 0.0),
-    ):
+    loads = (
+        (f"{args.rate:g} tok/s per stream, starts over {args.stagger:g} s", 1 / args.rate, args.stagger),
+        (f"{args.rate:g} tok/s per stream, all start at once", 1 / args.rate, 0.0),
+        ("unpaced (relay ceiling)", 0.0, 0.0),
+    )
+    for label, interval, stagger in loads:
         backend = subprocess.Popen(
             [sys.executable, "-c", STANDIN, str(interval)],
             cwd=ROOT,
@@ -157,7 +175,7 @@ def main() -> int:
             ):
                 cpu0 = group_cpu_seconds(gw.pid)
                 t0 = time.monotonic()
-                stats = asyncio.run(run(mode, args.streams, words, target))
+                stats = asyncio.run(run(mode, args.streams, words, target, stagger))
                 stats["gateway_cpu_pct"] = (group_cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0) * 100
                 rows.append((label, mode, stats))
                 print(
@@ -179,7 +197,7 @@ def main() -> int:
             f"| {label} | {mode} | {st['tokens_per_s']:.0f} | {st['ttft_p50_ms']:.1f} ms | {st['ttft_p99_ms']:.1f} ms"
             f" | {st['gap_p99_ms']:.1f} ms | {cpu} |"
         )
-    paced = [st for label, _, st in rows if "per stream" in label]
+    paced = [st for label, _, st in rows if "starts over" in label]
     if len(paced) == 2:
         lines += [
             "",
