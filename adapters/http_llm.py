@@ -100,16 +100,7 @@ class HTTPLLMAdapter:
         )
 
     def _transport_error(self, err: httpx.HTTPError, model: str, usage: Usage | None = None) -> BackendError:
-        if isinstance(err, httpx.TimeoutException):
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
-            code = grpc.StatusCode.UNAVAILABLE
-        return BackendError(
-            code,
-            f"{self._where(model)}: {type(err).__name__}: {err}"[:500],
-            retryable=code == grpc.StatusCode.UNAVAILABLE,
-            usage=usage,
-        )
+        return transport_error(self._where(model), err, usage)
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float | None, model: str) -> Any:
         """POST JSON; the decoded answer, or BackendError for transport and HTTP errors."""
@@ -191,3 +182,20 @@ def seen_usage(usage: Usage, deltas: int) -> Usage:
     """Usage of a broken stream: the provider's own count if it sent one (it comes last), else
     the deltas seen, about one token each (an estimate, for accounting what the caller received)."""
     return usage if usage.completion_tokens else usage._replace(completion_tokens=deltas)
+
+
+def transport_error(where: str, err: httpx.HTTPError, usage: Usage | None = None) -> BackendError:
+    """An httpx failure (no HTTP answer): timeouts are DEADLINE_EXCEEDED, the rest UNAVAILABLE (retryable).
+
+    Shared by every HTTP adapter (LLM APIs, TF Serving)."""
+    code = (
+        grpc.StatusCode.DEADLINE_EXCEEDED
+        if isinstance(err, httpx.TimeoutException)
+        else grpc.StatusCode.UNAVAILABLE
+    )
+    return BackendError(
+        code,
+        f"{where}: {type(err).__name__}: {err}"[:500],
+        retryable=code == grpc.StatusCode.UNAVAILABLE,
+        usage=usage,
+    )

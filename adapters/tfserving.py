@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
+from .http_llm import transport_error
 from .kserve_wire import CONTENTS_FIELD
 from .tensor_codec import decode_raw, encode_numpy
 
@@ -59,18 +60,6 @@ class TFServingAdapter:
             retryable=code == grpc.StatusCode.UNAVAILABLE,
         )
 
-    def _transport(self, err: httpx.HTTPError, model: str) -> BackendError:
-        code = (
-            grpc.StatusCode.DEADLINE_EXCEEDED
-            if isinstance(err, httpx.TimeoutException)
-            else grpc.StatusCode.UNAVAILABLE
-        )
-        return BackendError(
-            code,
-            f"{self._where(model)}: {type(err).__name__}: {err}"[:500],
-            retryable=code == grpc.StatusCode.UNAVAILABLE,
-        )
-
     @staticmethod
     def _path(model: str, version: str) -> str:
         if not version:
@@ -89,7 +78,7 @@ class TFServingAdapter:
                 f"{self._path(call.model, call.version)}:predict", json=body, timeout=timeout
             )
         except httpx.HTTPError as err:
-            raise self._transport(err, call.model) from None
+            raise transport_error(self._where(call.model), err) from None
         if resp.status_code != 200:
             raise self._error(resp, call.model)
         try:
@@ -113,14 +102,14 @@ class TFServingAdapter:
         try:
             await self._client.get("/v1/models/__meshgate_probe__", timeout=timeout)
         except httpx.HTTPError as err:
-            raise self._transport(err, "") from None
+            raise transport_error(self._where(""), err) from None
         return True
 
     async def model_ready(self, model: str, version: str, timeout: float) -> bool:
         try:
             resp = await self._client.get(self._path(model, version), timeout=timeout)
         except httpx.HTTPError as err:
-            raise self._transport(err, model) from None
+            raise transport_error(self._where(model), err) from None
         if resp.status_code != 200:
             return False
         try:

@@ -33,6 +33,7 @@ _ERROR_TYPES = {
 class AnthropicStandIn(OpenAIStandIn):
     def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
 
     def _error(
         self,

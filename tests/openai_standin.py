@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
+from tests.standin_server import ThreadedServer
 
-class OpenAIStandIn:
+
+class OpenAIStandIn(ThreadedServer):
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
         self.model_ids = ["echo", "embed-small"]  # what GET /v1/models lists
@@ -38,10 +39,7 @@ class OpenAIStandIn:
         self.cancelled = 0
         self.completed_streams = 0
         self._fail: tuple[int, int, str | None] = (0, 0, None)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="openai-standin")
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        super().__init__("openai-standin")
 
     @property
     def base_url(self) -> str:
@@ -50,28 +48,10 @@ class OpenAIStandIn:
     def fail_next(self, status: int, n: int = 1, retry_after: str | None = None) -> None:
         self._fail = (status, n, retry_after)
 
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        self._routes(app)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        return int(server.sockets[0].getsockname()[1])
-
-    def _routes(self, app: web.Application) -> None:
-        """Subclasses add their API's routes."""
 
     # -- errors ----------------------------------------------------------------------------------
     def _error(

@@ -8,43 +8,27 @@ row ("instances") or columnar ("inputs") format, errors as {"error": "..."} with
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 from aiohttp import web
+
+from tests.standin_server import ThreadedServer
 
 VERSIONS = {"1": 2.0, "2": 3.0}
 LABELS = {"stable": "1", "canary": "2"}
 
 
-class TFServingStandIn:
+class TFServingStandIn(ThreadedServer):
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tfserving-standin")
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        super().__init__("tfserving-standin")
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models/{spec:.*}", self._status)
         app.router.add_post("/v1/models/{spec:.*}", self._predict)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None and site._server.sockets
-        return int(site._server.sockets[0].getsockname()[1])
 
     def _resolve(self, spec: str) -> tuple[str | None, str | None, str]:
         """'m', 'm/versions/2', 'm/labels/stable' -> (model, version, error)."""
