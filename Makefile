@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 PROTO_DIR := protos
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 CONFIG ?=
+# Backend APIs vendored unchanged (TorchServe), compiled into the adapters package.
+VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
+# google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
+GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream servers system-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -31,13 +35,18 @@ proto: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
 	  --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
 	  --mypy_grpc_out=$(PROTO_DIR) $(PROTO_FILES)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I . -I $(GOOGLE_PROTOS) \
+	  --python_out=. --pyi_out=. --grpc_python_out=. --mypy_grpc_out=. $(VENDORED_PROTOS)
 
 # Model servers run in their own virtualenvs (they pin other grpcio/numpy versions).
 servers: venv
-	$(BIN)/python deploy/demo/server_envs.py ensure triton mlserver
+	$(BIN)/python deploy/demo/server_envs.py ensure triton mlserver torchserve
 
 system-deps:
-	@bash deploy/demo/system-deps.sh
+	@bash deploy/demo/system-deps.sh bench
+
+test-deps:
+	@bash deploy/demo/system-deps.sh test
 
 ruff: venv
 	$(BIN)/ruff check .
@@ -52,7 +61,7 @@ lint: ruff mypy
 buf-lint:
 	cd $(PROTO_DIR) && npx --yes @bufbuild/buf@1.75.0 lint
 
-test: venv servers ruff buf-lint
+test: venv test-deps servers ruff buf-lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 run: venv proto

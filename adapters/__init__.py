@@ -20,6 +20,7 @@ from .kserve_v2 import KServeV2Adapter
 from .llm import LLMAdapter
 from .openai import OpenAIAdapter, VLLMAdapter
 from .tfserving import TFServingAdapter
+from .torchserve import TorchServeOIPAdapter, TorchServePredictionsAdapter, torchserve_adapter
 from .triton import TritonAdapter
 
 AdapterFactory = Callable[..., Adapter]
@@ -32,6 +33,7 @@ REGISTRY: Mapping[str, AdapterFactory] = {
     "openai": OpenAIAdapter,
     "anthropic": AnthropicAdapter,
     "vllm": VLLMAdapter,
+    "torchserve": torchserve_adapter,
 }
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "TFServingAdapter",
     "Tensor",
     "TensorSpec",
+    "TorchServeOIPAdapter",
+    "TorchServePredictionsAdapter",
     "TritonAdapter",
     "VLLMAdapter",
 ]

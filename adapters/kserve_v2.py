@@ -1,7 +1,9 @@
 """Generic KServe v2 / Open Inference Protocol gRPC adapter (MLServer, KServe runtimes, ...).
 
-One grpc.aio channel per endpoint, shared by all calls. Uses the `inference.GRPCInferenceService`
-stub generated in tritonclient (the same messages as KServe's grpc_predict_v2.proto).
+One grpc.aio channel per endpoint, shared by all calls. Uses the messages generated in
+tritonclient (the same as KServe's grpc_predict_v2.proto). The service name is a class attribute:
+servers that copy the protocol under another package name (TorchServe's
+`org.pytorch.serve.grpc.openinference.GRPCInferenceService`) reuse this adapter unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import Any, ClassVar
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from . import kserve_wire
 from .base import BackendError, InferCall, InferResult, ModelMetadata, TensorSpec
@@ -33,10 +34,30 @@ _PASS_THROUGH = frozenset(
 )
 
 
+class _ServiceStub:
+    """The four KServe v2 methods the gateway calls, bound to `service` on `channel`."""
+
+    def __init__(self, channel: grpc.aio.Channel, service: str) -> None:
+        def method(name: str, request: Any, response: Any) -> Any:
+            return channel.unary_unary(
+                f"/{service}/{name}",
+                request_serializer=request.SerializeToString,
+                response_deserializer=response.FromString,
+            )
+
+        self.ServerLive = method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+        self.ModelReady = method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
+        self.ModelMetadata = method("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
+        self.ModelInfer = method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+
+
 class KServeV2Adapter:
     """Adapter for any server that implements `inference.GRPCInferenceService`."""
 
     kind: ClassVar[str] = "kserve_v2"
+    service: ClassVar[str] = "inference.GRPCInferenceService"
+    # False for servers that ignore raw_input_contents: inputs are then sent as typed contents.
+    raw_inputs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -57,7 +78,7 @@ class KServeV2Adapter:
             ("grpc.enable_retries", 0),
         ]
         self._channel = grpc.aio.insecure_channel(address, options=channel_options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._stub = _ServiceStub(self._channel, self.service)
 
     # -- errors ---------------------------------------------------------------------------
     def _error(self, err: grpc.aio.AioRpcError, model: str) -> BackendError:
@@ -81,7 +102,7 @@ class KServeV2Adapter:
     # -- Adapter --------------------------------------------------------------------------
     async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
         try:
-            req = kserve_wire.request_from_call(call)
+            req = kserve_wire.request_from_call(call, typed_only=not self.raw_inputs)
         except ValueError as err:  # a raw FP16/BF16 input mixed with typed ones: no typed form
             raise BackendError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"model '{call.model}': {err}", retryable=False

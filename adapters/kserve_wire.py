@@ -107,12 +107,16 @@ def call_from_request(req: Any) -> InferCall:
     )
 
 
-def request_from_call(call: InferCall) -> Any:
-    """InferCall -> ModelInferRequest (the caller's own message when it came in as one)."""
-    if type(call.wire) is pb.ModelInferRequest:
+def request_from_call(call: InferCall, *, typed_only: bool = False) -> Any:
+    """InferCall -> ModelInferRequest (the caller's own message when it came in as one).
+
+    `typed_only`: for servers that ignore raw_input_contents (TorchServe's OIP), every tensor
+    goes in typed contents.
+    """
+    if type(call.wire) is pb.ModelInferRequest and not (typed_only and call.wire.raw_input_contents):
         return call.wire
     req = pb.ModelInferRequest(model_name=call.model, model_version=call.version, id=call.request_id)
-    _fill_tensors(call.inputs, req.inputs, req.raw_input_contents)
+    _fill_tensors(call.inputs, req.inputs, req.raw_input_contents, typed_only=typed_only)
     for o in call.outputs:
         ro = req.outputs.add(name=o.name)
         if o.parameters:
@@ -122,13 +126,15 @@ def request_from_call(call: InferCall) -> Any:
     return req
 
 
-def _fill_tensors(tensors: tuple[Tensor, ...], target: Any, raw_target: Any) -> None:
+def _fill_tensors(
+    tensors: tuple[Tensor, ...], target: Any, raw_target: Any, *, typed_only: bool = False
+) -> None:
     """Add tensors to a repeated InferInputTensor/InferOutputTensor field.
 
     All raw (raw bytes in the parallel `raw_target` list) or all typed, as KServe v2 requires:
     a raw tensor mixed with typed ones is decoded into typed contents.
     """
-    all_raw = all(t.raw is not None for t in tensors)
+    all_raw = not typed_only and all(t.raw is not None for t in tensors)
     for t in tensors:
         mt = target.add(name=t.name, datatype=t.datatype, shape=t.shape)
         if t.parameters:
@@ -182,11 +188,35 @@ def decode_response(resp: Any) -> Decoded:
 
 
 def response_from_result(result: InferResult) -> Any:
-    """InferResult -> ModelInferResponse: the backend's own message when it sent one."""
+    """InferResult -> ModelInferResponse: the backend's own message when it sent one.
+
+    Outputs always leave as raw_output_contents, as Triton sends them: tritonclient's as_numpy
+    reads nothing else. A backend that answers with typed contents (TorchServe's OIP, some
+    KServe runtimes) has them converted here; everyone else's response passes untouched.
+    """
     if type(result.wire) is pb.ModelInferResponse:
-        return result.wire
+        wire = result.wire
+        if wire.raw_output_contents or not wire.outputs:
+            return wire
+        return _typed_outputs_to_raw(wire)
     resp = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.request_id)
     _fill_tensors(result.outputs, resp.outputs, resp.raw_output_contents)
     if result.parameters:
         params_to_pb(result.parameters, resp.parameters)
+    return resp
+
+
+def _typed_outputs_to_raw(wire: Any) -> Any:
+    from .tensor_codec import encode_numpy
+
+    resp = pb.ModelInferResponse()
+    resp.CopyFrom(wire)
+    raw = []
+    for out in resp.outputs:
+        field = CONTENTS_FIELD.get(out.datatype)
+        if field is None:  # FP16/BF16 have no typed form: nothing to convert, keep as sent
+            return wire
+        raw.append(encode_numpy(list(getattr(out.contents, field)), out.datatype))
+        out.ClearField("contents")
+    resp.raw_output_contents.extend(raw)
     return resp

@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from .base import Tensor
+from .kserve_wire import CONTENTS_FIELD
+
 NUMPY_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,
@@ -66,3 +69,23 @@ def encode_numpy(array: Any, datatype: str) -> bytes:
         return join_bytes_elements([x.encode() if isinstance(x, str) else bytes(x) for x in flat])
     dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
     return np.ascontiguousarray(np.asarray(array, dtype=dtype)).tobytes()
+
+
+def tensor_values(t: Tensor) -> Any:
+    """A tensor's elements, flat: a numpy array, or list[bytes] for BYTES."""
+    if t.raw is not None:
+        return decode_raw(t.raw, t.datatype)
+    from tritonclient.grpc import service_pb2 as pb
+
+    contents = pb.InferTensorContents.FromString(t.contents or b"")
+    values = list(getattr(contents, CONTENTS_FIELD.get(t.datatype, "fp32_contents")))
+    return values if t.datatype == "BYTES" else np.asarray(values)
+
+
+def tensor_to_list(t: Tensor) -> Any:
+    """A tensor as nested JSON-ready lists in its shape (BYTES elements as UTF-8 text)."""
+    values = tensor_values(t)
+    if t.datatype == "BYTES":
+        text = [v.decode("utf-8", "replace") for v in values]
+        return np.array(text, dtype=object).reshape(t.shape).tolist()
+    return np.asarray(values).reshape(t.shape).tolist()

@@ -21,8 +21,7 @@ import numpy as np
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
 from .http_llm import transport_error
-from .kserve_wire import CONTENTS_FIELD
-from .tensor_codec import decode_raw, encode_numpy
+from .tensor_codec import encode_numpy, tensor_to_list
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
 
@@ -71,7 +70,7 @@ class TFServingAdapter:
         )
 
     async def infer(self, call: InferCall, timeout: float | None) -> InferResult:
-        inputs = {t.name: _to_list(t) for t in call.inputs}
+        inputs = {t.name: tensor_to_list(t) for t in call.inputs}
         body: dict[str, Any] = {"inputs": inputs}
         try:
             resp = await self._client.post(
@@ -127,25 +126,6 @@ class TFServingAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _to_list(t: Tensor) -> Any:
-    if t.raw is not None:
-        values = decode_raw(t.raw, t.datatype)
-        if t.datatype == "BYTES":
-            return (
-                np.array([v.decode("utf-8", "replace") for v in values], dtype=object)
-                .reshape(t.shape)
-                .tolist()
-            )
-        return np.asarray(values).reshape(t.shape).tolist()
-    from tritonclient.grpc import service_pb2 as pb
-
-    contents = pb.InferTensorContents.FromString(t.contents or b"")
-    values = list(getattr(contents, CONTENTS_FIELD.get(t.datatype, "fp32_contents")))
-    if t.datatype == "BYTES":
-        values = [v.decode("utf-8", "replace") for v in values]
-    return np.array(values, dtype=object).reshape(t.shape).tolist()
 
 
 def _from_list(name: str, value: Any) -> Tensor:

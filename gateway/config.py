@@ -105,6 +105,9 @@ class EndpointConfig(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
+    # Backend-specific options, with the same keys as Consul Meta (e.g. torchserve: protocol,
+    # management_port). The named fields above win over the same keys here.
+    meta: dict[str, str] = Field(default_factory=dict)
 
     _address = field_validator("address")(classmethod(lambda cls, v: _check_hostport(v)))
 
@@ -178,7 +181,8 @@ class Config(_Strict):
                         region=e.region,
                         metrics_url=e.metrics_url,
                         capacity=e.capacity,
-                        meta={
+                        meta=e.meta
+                        | {
                             k: v
                             for k, v in (
                                 ("base_url", e.base_url),

@@ -119,9 +119,14 @@ class EndpointTable:
             if old is not None and (old.endpoint.address, old.endpoint.backend) == (ep.address, ep.backend):
                 old.endpoint = ep  # metadata change only: keep the connection and state
                 continue
+            try:
+                adapter = self._make_adapter(ep)
+            except ValueError as err:  # backend-specific options (Meta) that the adapter refuses
+                log.error("endpoint skipped: pool=%s id=%s backend=%s: %s", ep.pool, ep.id, ep.backend, err)
+                continue
             if old is not None:
                 self._retired.append((old, time.monotonic()))
-            self._states[key] = state = EndpointState(ep, self._make_adapter(ep))
+            self._states[key] = state = EndpointState(ep, adapter)
             added.append(state)
             log.info(
                 "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend

@@ -1,4 +1,4 @@
-"""Real processes for the tests: Triton (pytriton), MLServer and the gateway itself.
+"""Real processes for the tests: Triton (pytriton), MLServer, TorchServe and the gateway itself.
 
 Every process starts in its own session on 127.0.0.1 with free ports and is stopped by killing
 its process group, so nothing outlives a test run.
@@ -183,6 +183,101 @@ class MLServer(Proc):
 
         wait_until(ok, timeout, "MLServer ready")
         return self
+
+
+class TorchServe(Proc):
+    """A real TorchServe (CPU) with the `add_sub` model from tests/servers/torchserve.
+
+    It runs with TS_OPEN_INFERENCE_PROTOCOL=oip, and then serves both gRPC APIs on one port:
+    the native `Predictions` and the Open Inference Protocol. TorchServe keeps a pid file and
+    extracts models under the temp directory, so each instance gets its own (TMPDIR and
+    java.io.tmpdir), and its own worker port range.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("torchserve")
+        (
+            self.http_port,
+            self.management_http_port,
+            self.metrics_port,
+            self.grpc_port,
+            self.management_port,
+        ) = free_ports(5)
+        self.dir = Path(tempfile.mkdtemp(prefix="meshgate-torchserve-"))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> TorchServe:
+        bindir = Path(server_python("torchserve")).parent
+        store, tmp = self.dir / "store", self.dir / "tmp"
+        store.mkdir()
+        tmp.mkdir()
+        handler = ROOT / "tests" / "servers" / "torchserve" / "add_sub_handler.py"
+        subprocess.run(
+            [
+                *(str(bindir / "torch-model-archiver"), "--model-name", "add_sub", "--version", "1.0"),
+                *("--handler", str(handler), "--export-path", str(store)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        config = {
+            "inference_address": f"http://127.0.0.1:{self.http_port}",
+            "management_address": f"http://127.0.0.1:{self.management_http_port}",
+            "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": self.grpc_port,
+            "grpc_management_port": self.management_port,
+            "disable_token_authorization": "true",
+            "metrics_mode": "prometheus",
+            "model_store": store,
+            "load_models": "all",
+            "default_workers_per_model": 1,
+            "initial_worker_port": free_ports(1)[0],
+            "vmargs": f"-Xmx512m -XX:+UseContainerSupport -Djava.io.tmpdir={tmp}",
+        }
+        (self.dir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+        env = dict(
+            os.environ,
+            PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            TMPDIR=str(tmp),
+            TS_OPEN_INFERENCE_PROTOCOL="oip",
+        )
+        cmd = [str(bindir / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth"]
+        cmd += ["--ts-config", str(self.dir / "config.properties"), "--model-store", str(store)]
+        self.spawn([*cmd, "--models", "add_sub=add_sub.mar"], env=env, cwd=str(self.dir))
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> TorchServe:
+        """Ready when the model's worker is: TorchServe's /ping says Healthy before that."""
+
+        def ok() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"TorchServe exited early:\n{self.log()[-3000:]}")
+            try:
+                with grpc.insecure_channel(self.address) as ch:
+                    ready = ch.unary_unary(
+                        "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelReady",
+                        request_serializer=kpb.ModelReadyRequest.SerializeToString,
+                        response_deserializer=kpb.ModelReadyResponse.FromString,
+                    )
+                    return bool(ready(kpb.ModelReadyRequest(name="add_sub"), timeout=1).ready)
+            except grpc.RpcError:
+                return False
+
+        wait_until(ok, timeout, "TorchServe ready", interval=0.3)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Gateway(Proc):

@@ -11,37 +11,52 @@ from tests.procs import ROOT
 PROTOS = ROOT / "protos"
 
 
-def test_generated_code_has_not_drifted(tmp_path: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+def _protoc(include: list[Path], out: Path, sources: list[str]) -> None:
     bindir = Path(sys.executable).parent
     subprocess.run(
         [
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            "-I",
-            str(PROTOS),
-            f"--python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}",
-            f"--mypy_grpc_out={tmp_path}",
+            *(f"-I{p}" for p in include),
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            f"--mypy_grpc_out={out}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
             *sources,
         ],
         check=True,
+        cwd=ROOT,
     )
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+
+
+def _check_fresh(tree: Path, fresh_root: Path) -> None:
+    generated = ("_pb2.py", "_pb2.pyi", "_grpc.py", "_grpc.pyi")
+    fresh = sorted(p.relative_to(fresh_root) for p in fresh_root.rglob("*") if p.is_file())
     assert fresh, "protoc produced nothing"
-    stale = [str(rel) for rel in fresh if (PROTOS / rel).read_bytes() != (tmp_path / rel).read_bytes()]
+    stale = [str(rel) for rel in fresh if (tree / rel).read_bytes() != (fresh_root / rel).read_bytes()]
     assert not stale, f"generated files differ from `make proto` output: {stale}; run `make proto`"
-    committed = sorted(
-        p.relative_to(PROTOS)
-        for p in PROTOS.rglob("*")
-        if p.name.endswith(("_pb2.py", "_pb2.pyi", "_grpc.py", "_grpc.pyi"))
-    )
-    assert committed == [
-        r for r in fresh if str(r).endswith(("_pb2.py", "_pb2.pyi", "_grpc.py", "_grpc.pyi"))
-    ]
+    committed = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.name.endswith(generated))
+    assert committed == [r for r in fresh if str(r).endswith(generated)]
+
+
+def test_generated_code_has_not_drifted(tmp_path: Path) -> None:
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    _protoc([PROTOS], tmp_path, sources)
+    _check_fresh(PROTOS, tmp_path)
+
+
+def test_vendored_backend_protos_have_not_drifted(tmp_path: Path) -> None:
+    """TorchServe's protos compile into adapters/torchserve_proto (imports google/rpc/status)."""
+    import google.rpc
+
+    google_protos = Path(google.rpc.__path__[0]).parents[1]
+    vendored = ROOT / "adapters" / "torchserve_proto"
+    sources = sorted(str(p.relative_to(ROOT)) for p in vendored.glob("*.proto"))
+    assert sources, "no vendored protos found"
+    _protoc([ROOT, google_protos], tmp_path, sources)
+    _check_fresh(vendored, tmp_path / "adapters" / "torchserve_proto")
 
 
 def test_stubs_import_without_path_tricks(tmp_path: Path) -> None:

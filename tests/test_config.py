@@ -52,7 +52,7 @@ pools:
     msg = _error(text)
     assert "pools.gpu.endpoints.1.address: expected 'host:port'" in msg
     assert (
-        "pools.gpu.endpoints.1.backend: unknown backend 'tensorflow'; expected one of anthropic, kserve_v2, openai, tfserving, triton, vllm"
+        "pools.gpu.endpoints.1.backend: unknown backend 'tensorflow'; expected one of anthropic, kserve_v2, openai, tfserving, torchserve, triton, vllm"
         in msg
     )
     assert "pools.gpu.endpoints.1.models: List should have at least 1 item" in msg

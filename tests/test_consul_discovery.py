@@ -201,7 +201,7 @@ def test_bad_entries_and_consul_errors_leave_the_gateway_serving(
         log = gw.log()
         assert "skipping an instance of pool tritons: service 'no-backend': Meta 'backend' is missing" in log
         assert (
-            "service 'odd-kind': Meta backend='tensorrt-llm' is not one of anthropic, kserve_v2, openai, tfserving, triton, vllm"
+            "service 'odd-kind': Meta backend='tensorrt-llm' is not one of anthropic, kserve_v2, openai, tfserving, torchserve, triton, vllm"
             in log
         )
         assert "service 'bad-capacity': Meta capacity='lots' must be > 0" in log
@@ -344,7 +344,8 @@ def test_register_cli_adds_a_backend_the_gateway_then_serves(
     )
     assert bad.returncode == 2
     assert (
-        "Meta backend='tgi' is not one of anthropic, kserve_v2, openai, tfserving, triton, vllm" in bad.stderr
+        "Meta backend='tgi' is not one of anthropic, kserve_v2, openai, tfserving, torchserve, triton, vllm"
+        in bad.stderr
     )
     missing = meshgate("deregister", "--consul", standin.address, "--id", "nope")
     assert missing.returncode == 1

@@ -113,12 +113,11 @@ def test_rate_limiter_allows_a_burst_of_two_then_paces() -> None:
     assert 0.18 <= elapsed < 0.4  # two free, then two at 0.1 s each
 
 
-def test_example_service_definitions_follow_the_conventions() -> None:
+async def test_example_service_definitions_follow_the_conventions() -> None:
     import json
 
     from adapters import REGISTRY
 
-    later = {"torchserve"}  # its adapter is still to come (issue #4)
     files = sorted((Path(__file__).parent.parent / "deploy" / "consul").glob("*.json"))
     assert [f.name for f in files] == ["openai.json", "torchserve.json", "triton.json", "vllm.json"]
     for f in files:
@@ -128,8 +127,8 @@ def test_example_service_definitions_follow_the_conventions() -> None:
             "Node": {},
             "Service": {"ID": svc["id"], "Address": svc["address"], "Port": svc["port"], "Meta": svc["meta"]},
         }
-        ep = endpoint_from_entry(entry, svc["name"], set(REGISTRY) | later)
+        ep = endpoint_from_entry(entry, svc["name"], set(REGISTRY))
         assert ep.models and ep.capacity > 0
-        if ep.backend in later:
-            with pytest.raises(InvalidEntry, match="is not one of"):
-                endpoint_from_entry(entry, svc["name"], set(REGISTRY))
+        # The adapter accepts the example's options (e.g. torchserve's protocol).
+        adapter = REGISTRY[ep.backend](ep.id, ep.address, max_message_bytes=1 << 20, options=ep.meta)
+        await adapter.aclose()

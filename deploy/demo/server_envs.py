@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KINDS = {"triton": HERE / "triton-requirements.txt", "mlserver": HERE / "mlserver-requirements.txt"}
+KINDS = {
+    "triton": HERE / "triton-requirements.txt",
+    "mlserver": HERE / "mlserver-requirements.txt",
+    "torchserve": HERE / "torchserve-requirements.txt",
+}
 
 
 def cache_root() -> Path:

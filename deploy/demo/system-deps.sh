@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Debian packages the benchmarks need (nginx as the C reference proxy, h2load as load generator).
-# Installs only what is missing, and only when it can (root + apt-get).
+# Debian packages that meshgate's tests and benchmarks need, installed only when missing and
+# only when it can (root + apt-get).
+#   system-deps.sh test    Java for TorchServe (the real TorchServe in tests/test_torchserve.py)
+#   system-deps.sh bench   nginx as the C reference proxy, h2load as load generator
 set -euo pipefail
 need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+[ $# -eq 0 ] && set -- test bench
+for what in "$@"; do
+  case "$what" in
+    test)
+      command -v java >/dev/null 2>&1 || need+=(default-jre-headless) ;;
+    bench)
+      command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+      command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client) ;;
+    *) echo "usage: $0 [test] [bench]" >&2; exit 2 ;;
+  esac
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "missing: ${need[*]} (install them with apt-get as root)" >&2
