@@ -6,7 +6,8 @@
 Tensors go in TF Serving's columnar ("inputs") format, so raw tensors are decoded here (JSON has
 no raw bytes); outputs come back as JSON numbers and are re-encoded as raw tensors with the
 datatype the caller's inputs suggest (floats: FP32, ints: INT64, strings: BYTES, bools: BOOL).
-A version that is not a number is sent as a label (`/labels/stable`). Errors come as
+A version that is not a number is sent as a label (`/labels/stable`). Metadata comes from
+GET .../metadata (the `serving_default` signature, or Meta `signature_name`). Errors come as
 {"error": "..."}: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 5xx and connection errors UNAVAILABLE.
 """
 
@@ -19,7 +20,7 @@ import grpc
 import httpx
 import numpy as np
 
-from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
+from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor, TensorSpec
 from .http_llm import transport_error
 from .tensor_codec import encode_numpy, tensor_to_list
 
@@ -39,6 +40,7 @@ class TFServingAdapter:
     ) -> None:
         self.endpoint_id = endpoint_id
         self.base_url = (options or {}).get("base_url") or f"http://{address}"
+        self.signature_name = (options or {}).get("signature_name") or "serving_default"
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
 
     def _where(self, model: str) -> str:
@@ -118,14 +120,59 @@ class TFServingAdapter:
         return "AVAILABLE" in states
 
     async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
-        raise BackendError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{self._where(model)}: metadata is not mapped yet",
-            retryable=False,
+        """GET .../metadata: the `serving_default` SignatureDef (or Meta `signature_name`)."""
+        try:
+            status = await self._client.get(self._path(model, version), timeout=timeout)
+            resp = await self._client.get(f"{self._path(model, version)}/metadata", timeout=timeout)
+        except httpx.HTTPError as err:
+            raise transport_error(self._where(model), err) from None
+        for r in (status, resp):
+            if r.status_code != 200:
+                raise self._error(r, model)
+        try:
+            versions = tuple(str(v["version"]) for v in status.json().get("model_version_status", []))
+            signatures = resp.json()["metadata"]["signature_def"]["signature_def"]
+            signature = signatures[self.signature_name]
+            inputs = tuple(_spec(n, t) for n, t in sorted(signature.get("inputs", {}).items()))
+            outputs = tuple(_spec(n, t) for n, t in sorted(signature.get("outputs", {}).items()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise BackendError(
+                grpc.StatusCode.INTERNAL,
+                f"{self._where(model)}: malformed metadata (signature {self.signature_name!r}): {err!r}",
+                retryable=False,
+            ) from None
+        return ModelMetadata(
+            name=model, versions=versions, platform="tensorflow_serving", inputs=inputs, outputs=outputs
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+# TensorFlow DataType enum names (tensor_shape/dtype in SignatureDef JSON) -> KServe v2 datatypes.
+_TF_DTYPES = {
+    "DT_FLOAT": "FP32",
+    "DT_DOUBLE": "FP64",
+    "DT_HALF": "FP16",
+    "DT_BFLOAT16": "BF16",
+    "DT_INT8": "INT8",
+    "DT_INT16": "INT16",
+    "DT_INT32": "INT32",
+    "DT_INT64": "INT64",
+    "DT_UINT8": "UINT8",
+    "DT_UINT16": "UINT16",
+    "DT_UINT32": "UINT32",
+    "DT_UINT64": "UINT64",
+    "DT_BOOL": "BOOL",
+    "DT_STRING": "BYTES",
+}
+
+
+def _spec(name: str, info: Mapping[str, Any]) -> TensorSpec:
+    """A SignatureDef TensorInfo -> TensorSpec; -1 dims stay -1, an unknown rank is shape ()."""
+    shape = info.get("tensor_shape", {})
+    dims = () if shape.get("unknown_rank") else tuple(int(d.get("size", -1)) for d in shape.get("dim", []))
+    return TensorSpec(name, _TF_DTYPES.get(str(info.get("dtype")), str(info.get("dtype"))), dims)
 
 
 def _from_list(name: str, value: Any) -> Tensor:

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import tritonclient.grpc as tc
 from meshgate.v1 import inference_pb2, tensor_pb2
+from tritonclient.utils import InferenceServerException
 
 from tests.helpers import fp32, infer, output
 from tests.procs import Gateway
@@ -68,3 +70,19 @@ def test_typed_contents_and_errors(gateway: Gateway) -> None:
             infer(ch, inference_pb2.InferRequest(model="half_plus_two", inputs=[text]))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not of expected type" in bad.value.details()
+
+
+def test_model_metadata_from_the_signature_def(gateway: Gateway) -> None:
+    client = tc.InferenceServerClient(url=gateway.address)
+    meta = client.get_model_metadata("half_plus_two")
+    assert (meta.name, list(meta.versions), meta.platform) == (
+        "half_plus_two",
+        ["2", "1"],
+        "tensorflow_serving",
+    )
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("y", "FP32", [-1, 1])]
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("half_plus_two", model_version="7")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert "Servable not found" in str(caught.value.message())

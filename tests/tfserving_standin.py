@@ -2,7 +2,8 @@
 
 Serves the classic example model `half_plus_two` (y = 0.5 x + 2) in versions 1 and 2 (version 2
 answers y = 0.5 x + 3) with label `stable` -> 1, per the documented API:
-GET /v1/models/<m>[/versions/<v>|/labels/<l>] (model_version_status), POST ...:predict with the
+GET /v1/models/<m>[/versions/<v>|/labels/<l>] (model_version_status), GET .../metadata (the
+SignatureDef map, as TF Serving prints it from protobuf JSON), POST ...:predict with the
 row ("instances") or columnar ("inputs") format, errors as {"error": "..."} with 400/404.
 """
 
@@ -48,9 +49,25 @@ class TFServingStandIn(ThreadedServer):
         return None, None, f"Malformed request: {spec}"
 
     async def _status(self, request: web.Request) -> web.Response:
-        model, version, error = self._resolve(request.match_info["spec"])
+        spec = request.match_info["spec"]
+        if spec.endswith("/metadata"):
+            return self._metadata(spec.removesuffix("/metadata"))
+        model, version, error = self._resolve(spec)
         if model is None:
             return web.json_response({"error": error}, status=404)
+        if len(spec.split("/")) == 1:  # every loaded version, as TF Serving lists them
+            return web.json_response(
+                {
+                    "model_version_status": [
+                        {
+                            "version": v,
+                            "state": "AVAILABLE",
+                            "status": {"error_code": "OK", "error_message": ""},
+                        }
+                        for v in sorted(VERSIONS, reverse=True)
+                    ]
+                }
+            )
         return web.json_response(
             {
                 "model_version_status": [
@@ -60,6 +77,31 @@ class TFServingStandIn(ThreadedServer):
                         "status": {"error_code": "OK", "error_message": ""},
                     }
                 ]
+            }
+        )
+
+    def _metadata(self, spec: str) -> web.Response:
+        model, version, error = self._resolve(spec)
+        if model is None:
+            return web.json_response({"error": error}, status=404)
+
+        def tensor(name: str) -> dict[str, Any]:
+            dims = [{"size": "-1", "name": ""}, {"size": "1", "name": ""}]
+            return {
+                "dtype": "DT_FLOAT",
+                "tensor_shape": {"dim": dims, "unknown_rank": False},
+                "name": f"{name}:0",
+            }
+
+        signature = {
+            "inputs": {"x": tensor("x")},
+            "outputs": {"y": tensor("y")},
+            "method_name": "tensorflow/serving/predict",
+        }
+        return web.json_response(
+            {
+                "model_spec": {"name": model, "signature_name": "", "version": version},
+                "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             }
         )
 
