@@ -41,6 +41,11 @@ class Endpoint:
     capacity: float = 1.0
     gpu: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+    # Requests the server runs at once (batch slots / model instances); more wait in its queue.
+    slots: int = 1
+    # Complexity units per item (tensor models) or per 1,000 tokens (LLMs), by model name;
+    # models not listed cost routing.model_costs or 1.
+    costs: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def address(self) -> str:

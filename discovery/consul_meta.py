@@ -9,6 +9,8 @@ with Meta:
     gpu          GPU class, e.g. a100-80g
     capacity     relative capacity units (float > 0, default 1)
     region       region label
+    slots        requests the server runs at once (int >= 1, default 1)
+    costs        comma list of model=units (complexity per item / per 1k tokens), e.g. bert=1,llama=8
     cost_per_hour, price_in_per_1k, price_out_per_1k   kept as given (prices)
 
 The address is Service.Address, else Node.Address (Consul's rule); the port is Service.Port.
@@ -61,6 +63,18 @@ def endpoint_from_entry(entry: Any, pool: str, known_backends: Collection[str]) 
         raise InvalidEntry(
             "bad_capacity", f"service {sid!r}: Meta capacity={meta.get('capacity')!r} must be > 0"
         )
+    try:
+        slots = int(meta.get("slots", 1))
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise InvalidEntry(
+            "bad_slots", f"service {sid!r}: Meta slots={meta.get('slots')!r} must be an integer >= 1"
+        )
+    try:
+        costs = parse_costs(str(meta.get("costs", "")))
+    except ValueError as err:
+        raise InvalidEntry("bad_costs", f"service {sid!r}: Meta costs: {err}") from None
     address = str(service.get("Address") or node.get("Address") or "")
     port = service.get("Port")
     if not address or not isinstance(port, int) or not 0 < port < 65536:
@@ -77,4 +91,23 @@ def endpoint_from_entry(entry: Any, pool: str, known_backends: Collection[str]) 
         capacity=capacity,
         gpu=str(meta.get("gpu", "")),
         meta={str(k): str(v) for k, v in meta.items()},
+        slots=slots,
+        costs=costs,
     )
+
+
+def parse_costs(text: str) -> dict[str, float]:
+    """'bert=1,llama=8' -> {'bert': 1.0, 'llama': 8.0}; ValueError names the bad item."""
+    out: dict[str, float] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            units = float(value)
+        except ValueError:
+            units = math.nan
+        if not sep or not name.strip() or not units > 0 or math.isinf(units):
+            raise ValueError(f"{item!r}: expected model=units with units > 0")
+        out[name.strip()] = units
+    return out

@@ -30,6 +30,7 @@ from .director import Director
 from .endpoints import EndpointState, EndpointTable, default_adapter_maker
 from .metrics import Metrics
 from .readiness import ReadinessChecker
+from .routing.probe import LoadProbe, load_metric_names
 from .servicers.inference import InferenceServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelsServicer
@@ -51,6 +52,16 @@ class Gateway:
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
         self.director = Director(config, self.table, self.metrics, lambda s: self.readiness.check_soon([s]))
+        self.director.scheduler.outliers.on_eject = self._on_eject
+        probe_cfg = config.routing.load_probe
+        self.probe = LoadProbe(
+            self.table.states,
+            interval_s=probe_cfg.interval_s,
+            jitter=probe_cfg.jitter,
+            timeout_s=probe_cfg.timeout_s,
+            metric_names=load_metric_names(probe_cfg.metric_names),
+            on_scrape=lambda url, ok: self.metrics.scrapes.labels("ok" if ok else "error").inc(),
+        )
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
         self.consul: ConsulSource | None = None
         if config.discovery.consul is not None:
@@ -64,6 +75,17 @@ class Gateway:
         self._http: Any = None
         self.port = 0
         self.metrics_port = 0
+
+    def _on_eject(self, state: EndpointState, seconds: float) -> None:
+        ep = state.endpoint
+        log.warning(
+            "endpoint ejected for %.0f s after consecutive failures: pool=%s id=%s (%s)",
+            seconds,
+            ep.pool,
+            ep.id,
+            state.status_message,
+        )
+        self.metrics.ejections.labels(ep.pool, ep.id).inc()
 
     # -- health ---------------------------------------------------------------------------
     def _on_table_change(self, added: list[EndpointState]) -> None:
@@ -125,6 +147,7 @@ class Gateway:
         for source in self.sources:
             self._tasks.append(loop.create_task(self._follow(source)))
         self._tasks.append(loop.create_task(self.readiness.run(self._after_readiness_round)))
+        self._tasks.append(loop.create_task(self.probe.run()))
         if self.config.metrics.listen:
             host, _, port = self.config.metrics.listen.rpartition(":")
             self._http, _thread = start_http_server(
@@ -164,6 +187,7 @@ class Gateway:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.probe.aclose()
         for state in self.table.states():
             await state.adapter.aclose()
         for adapter in self.table.take_retired(linger_s=0):

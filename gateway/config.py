@@ -85,9 +85,67 @@ class ReadinessConfig(_Strict):
     timeout_s: float = Field(default=1.0, gt=0)
 
 
+class LoadProbeConfig(_Strict):
+    """Background scrapes of each endpoint's metrics_url (GPU, queue, KV cache signals)."""
+
+    interval_s: float = Field(default=1.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)  # +-20% per round, so replicas do not scrape in step
+    timeout_s: float = Field(default=0.5, gt=0)
+    max_age_s: float = Field(default=5.0, gt=0)  # older values stop steering
+    metric_names: str | None = None  # a YAML file replacing the packaged metric name table
+
+
+class OutlierConfig(_Strict):
+    consecutive_failures: int = Field(default=5, ge=1)
+    base_ejection_s: float = Field(default=5.0, gt=0)
+    max_ejection_s: float = Field(default=300.0, gt=0)
+    max_ejected_percent: float = Field(default=50.0, ge=0, le=100)
+
+
+class RetryBudgetConfig(_Strict):
+    percent: float = Field(default=20.0, ge=0)  # retries may add this share of a pool's requests
+    min_per_s: float = Field(default=3.0, ge=0)  # plus this many per second
+
+
+class ProfileConfig(_Strict):
+    filters: list[str] = Field(default_factory=lambda: ["ready", "not_ejected"])
+    scorers: dict[str, float] = Field(default_factory=dict)  # scorer -> weight
+    picker: str = "max_score"
+
+
 class RoutingConfig(_Strict):
     # Retry an idempotent call once on another endpoint when the first answers UNAVAILABLE.
     retry_unavailable: bool = True
+    profile: str = "default"  # scheduler profile for every pool ...
+    pool_profiles: dict[str, str] = Field(default_factory=dict)  # ... except these (pool -> profile)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)  # added to / replacing built-ins
+    # Complexity units per item (tensor models) or per 1,000 tokens (LLMs); default 1.
+    model_costs: dict[str, float] = Field(default_factory=dict)
+    # LLM requests without max_tokens are expected to produce this many tokens.
+    expected_output_tokens: int = Field(default=256, ge=1)
+    load_probe: LoadProbeConfig = LoadProbeConfig()
+    outlier: OutlierConfig = OutlierConfig()
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+
+    @model_validator(mode="after")
+    def _profiles_exist(self) -> RoutingConfig:
+        from .routing.scheduler import BUILTIN_PROFILES, ProfileSpec, check_profile
+
+        for name, p in self.profiles.items():
+            check_profile(name, ProfileSpec(tuple(p.filters), p.scorers, p.picker))
+        known = set(BUILTIN_PROFILES) | set(self.profiles)
+        for where, name in [
+            ("profile", self.profile),
+            *((f"pool_profiles.{k}", v) for k, v in self.pool_profiles.items()),
+        ]:
+            if name not in known:
+                raise ValueError(
+                    f"{where}: unknown profile {name!r}; expected one of {', '.join(sorted(known))}"
+                )
+        for model, cost in self.model_costs.items():
+            if not cost > 0:
+                raise ValueError(f"model_costs.{model}: must be > 0")
+        return self
 
 
 class EndpointConfig(_Strict):
@@ -100,6 +158,8 @@ class EndpointConfig(_Strict):
     region: str = ""
     metrics_url: str = ""
     capacity: float = Field(default=1.0, gt=0)
+    slots: int = Field(default=1, ge=1)  # requests the server runs at once
+    costs: dict[str, float] = Field(default_factory=dict)  # model -> complexity units per item
     # HTTP backends (openai, vllm): base URL (default http://<address>/v1), and where the API key
     # is: an environment variable or a file. The key itself never goes in this file.
     base_url: str | None = None
@@ -181,6 +241,8 @@ class Config(_Strict):
                         region=e.region,
                         metrics_url=e.metrics_url,
                         capacity=e.capacity,
+                        slots=e.slots,
+                        costs=e.costs,
                         meta=e.meta
                         | {
                             k: v

@@ -1,8 +1,10 @@
 """The director: the one place that knows the order of a request's stages.
 
-Today: validate -> resolve model to endpoints -> pick a ready endpoint (least in-flight) -> call
-the adapter with the caller's remaining deadline -> on UNAVAILABLE retry an idempotent call once
-on another endpoint -> metrics. Authentication, limits, budgets and caching slot in here.
+validate -> estimate the request's complexity units -> resolve the model to endpoints -> the
+scheduler picks one by the pool's profile (routing/scheduler.py) -> call the adapter with the
+caller's remaining deadline -> on a retryable failure, retry once on another endpoint when the
+pool's retry budget allows and time remains -> report to the scheduler (units, latency, outlier
+ejection) and to metrics. Authentication, limits, budgets and caching slot in here.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from .config import Config
 from .endpoints import EndpointState, EndpointTable
 from .errors import GatewayError
 from .metrics import Metrics
-from .routing.least_inflight import LeastInFlightPicker
+from .routing.outlier import OutlierPolicy, RetryBudget
+from .routing.plugins import RequestInfo
+from .routing.scheduler import ProfileSpec, Scheduler
 from .validation import validate_embed, validate_generate, validate_infer
 
 T = TypeVar("T")
 _MAX_ATTEMPTS = 2  # the first try plus one retry on another endpoint
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# Failures that say the endpoint is unwell (they count toward outlier ejection).
+_ENDPOINT_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
 class Route(NamedTuple):
@@ -54,34 +60,70 @@ class Director:
         self._config = config
         self._table = table
         self._metrics = metrics
-        self._picker = LeastInFlightPicker()
         self._on_endpoint_down = on_endpoint_down
+        r = config.routing
+        self.scheduler = Scheduler(
+            {n: ProfileSpec(tuple(p.filters), p.scorers, p.picker) for n, p in r.profiles.items()},
+            r.profile,
+            r.pool_profiles,
+            max_age_s=r.load_probe.max_age_s,
+            outlier=OutlierPolicy(**r.outlier.model_dump()),
+        )
+        self.scheduler.outliers.pool_states = table.pool_states
+        self.retry_budget = RetryBudget(r.retry_budget.percent, r.retry_budget.min_per_s)
+        self._costs = r.model_costs
+        self._expected_output = r.expected_output_tokens
+
+    # -- complexity ---------------------------------------------------------------------
+    def _cost(self, model: str, candidates: list[EndpointState]) -> float:
+        """Units per item (or per 1k tokens): endpoint Meta `costs`, else routing.model_costs, else 1."""
+        for state in candidates:
+            cost = state.endpoint.costs.get(model)
+            if cost is not None:
+                return cost
+        return self._costs.get(model, 1.0)
+
+    def _infer_units(self, call: InferCall, candidates: list[EndpointState]) -> float:
+        """cost x batch: the first dimension of the first input (a batch of 32 costs 32x)."""
+        shape = call.inputs[0].shape if call.inputs else ()
+        items = shape[0] if shape and shape[0] > 0 else 1
+        return self._cost(call.model, candidates) * items
+
+    def _generate_units(self, call: GenerateCall, candidates: list[EndpointState]) -> float:
+        """cost x (prompt tokens + expected output tokens) / 1000; prompt tokens estimated as
+        characters / 4 (no tokenizer on the request path), output = max_tokens or the default."""
+        prompt = sum(len(m.text) for m in call.messages) / 4.0
+        output = call.max_tokens or self._expected_output
+        return self._cost(call.model, candidates) * (prompt + output) / 1000.0
 
     async def infer(self, call: InferCall, timeout: float, region: str = "") -> Routed[InferResult]:
         """Validate and run `call`; `timeout` is the caller's remaining time in seconds."""
         validate_infer(call, self._config.limits)
-        return await self._route(call.model, call.version, timeout, region, lambda a, t: a.infer(call, t))
+        candidates = self._table.candidates(call.model, call.version)
+        req = RequestInfo(call.model, call.version, self._infer_units(call, candidates), region, timeout)
+        return await self._route(req, candidates, lambda a, t: a.infer(call, t))
 
     async def model_metadata(self, model: str, version: str, timeout: float) -> Routed[ModelMetadata]:
         if not model:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
-        return await self._route(
-            model, version, timeout, "", lambda a, t: a.model_metadata(model, version, t)
-        )
+        candidates = self._table.candidates(model, version)
+        req = RequestInfo(model, version, 0.0, "", timeout)
+        return await self._route(req, candidates, lambda a, t: a.model_metadata(model, version, t))
 
     async def generate(self, call: GenerateCall, timeout: float, region: str = "") -> Routed[GenerateResult]:
         validate_generate(call)
-        routed = await self._route(
-            call.model, "", timeout, region, lambda a, t: _llm(a, call.model).generate(call, t)
-        )
+        candidates = self._table.candidates(call.model, "")
+        req = RequestInfo(call.model, "", self._generate_units(call, candidates), region, timeout)
+        routed = await self._route(req, candidates, lambda a, t: _llm(a, call.model).generate(call, t))
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
     async def embed(self, call: EmbedCall, timeout: float, region: str = "") -> Routed[EmbedResult]:
         validate_embed(call)
-        routed = await self._route(
-            call.model, "", timeout, region, lambda a, t: _llm(a, call.model).embed(call, t)
-        )
+        candidates = self._table.candidates(call.model, "")
+        units = self._cost(call.model, candidates) * sum(len(t) for t in call.inputs) / 4000.0
+        req = RequestInfo(call.model, "", units, region, timeout)
+        routed = await self._route(req, candidates, lambda a, t: _llm(a, call.model).embed(call, t))
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
@@ -93,28 +135,33 @@ class Director:
         seen so far is counted."""
         validate_generate(call)
         candidates = self._table.candidates(call.model, "")
+        req = RequestInfo(call.model, "", self._generate_units(call, candidates), region, timeout)
         deadline = time.monotonic() + timeout
         tried: list[EndpointState] = []
         last_error: BackendError | None = None
+        self.retry_budget.request(_pool_of(candidates))
         while True:
-            state = self._picker.pick(candidates, call.model, "", tried, region)
+            state = self.scheduler.pick(candidates, req, tried)
             if state is None:
                 raise self._no_endpoint(call.model, "", candidates, last_error)
             ep = state.endpoint
             tried.append(state)
             route = Route(ep.pool, ep.id, ep.backend, len(tried))
             started = False
-            state.in_flight += 1
+            self.scheduler.started(state, req.units)
             start = time.monotonic()
+            outcome = grpc.StatusCode.CANCELLED  # until the stream ends or fails
             try:
                 async for event in _llm(state.adapter, call.model).generate_stream(call, deadline - start):
                     started = True
                     if not isinstance(event, TextDelta):
                         self._metrics.tokens(ep.pool, event.usage)
                     yield event, route
+                outcome = _OK
                 self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
                 return
             except BackendError as err:
+                outcome = err.code
                 self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
                 if err.usage is not None:
                     self._metrics.tokens(ep.pool, err.usage)
@@ -122,13 +169,18 @@ class Director:
                     state.mark_down(f"call failed: {err.message}")
                     self._on_endpoint_down(state)
                 if started or not (
-                    err.retryable and len(tried) < _MAX_ATTEMPTS and deadline > time.monotonic()
+                    err.retryable
+                    and len(tried) < _MAX_ATTEMPTS
+                    and deadline > time.monotonic()
+                    and self._retry_allowed(ep.pool)
                 ):
                     raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
                 self._metrics.retries.labels(ep.pool).inc()
                 last_error = err
             finally:
-                state.in_flight -= 1
+                self.scheduler.finished(
+                    state, req, time.monotonic() - start, outcome == _OK, outcome in _ENDPOINT_FAULTS
+                )
 
     def model_ready(self, model: str, version: str) -> bool:
         try:
@@ -137,22 +189,26 @@ class Director:
             return False
         return any(s.ready_for(model, version) for s in states)
 
+    def _retry_allowed(self, pool: str) -> bool:
+        if self.retry_budget.try_retry(pool):
+            return True
+        self._metrics.retry_budget_exhausted.labels(pool).inc()
+        return False
+
     async def _route(
         self,
-        model: str,
-        version: str,
-        timeout: float,
-        region: str,
+        req: RequestInfo,
+        candidates: list[EndpointState],
         op: Callable[[Adapter, float], Awaitable[T]],
     ) -> Routed[T]:
-        candidates = self._table.candidates(model, version)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + req.timeout_s
         tried: list[EndpointState] = []
         last_error: BackendError | None = None
+        self.retry_budget.request(_pool_of(candidates))
         while True:
-            state = self._picker.pick(candidates, model, version, tried, region)
+            state = self.scheduler.pick(candidates, req, tried)
             if state is None:
-                raise self._no_endpoint(model, version, candidates, last_error)
+                raise self._no_endpoint(req.model, req.version, candidates, last_error)
             ep = state.endpoint
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -160,12 +216,14 @@ class Director:
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
                 )
             tried.append(state)
-            state.in_flight += 1
+            self.scheduler.started(state, req.units)
             start = time.monotonic()
             try:
                 value = await op(state.adapter, remaining)
             except BackendError as err:
-                self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
+                elapsed = time.monotonic() - start
+                self.scheduler.finished(state, req, elapsed, False, err.code in _ENDPOINT_FAULTS)
+                self._metrics.backend_done(ep.pool, ep.id, err.code, elapsed)
                 if err.code == grpc.StatusCode.UNAVAILABLE:
                     state.mark_down(f"call failed: {err.message}")
                     self._on_endpoint_down(state)
@@ -174,15 +232,19 @@ class Director:
                     and self._config.routing.retry_unavailable
                     and len(tried) < _MAX_ATTEMPTS
                     and deadline - time.monotonic() > 0
+                    and self._retry_allowed(ep.pool)
                 )
                 if not retry:
                     raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
                 self._metrics.retries.labels(ep.pool).inc()
                 last_error = err
                 continue
-            finally:
-                state.in_flight -= 1
-            self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
+            except BaseException:  # cancelled by the caller: the call is over, count it out
+                self.scheduler.finished(state, req, time.monotonic() - start, False, False)
+                raise
+            elapsed = time.monotonic() - start
+            self.scheduler.finished(state, req, elapsed, True, False)
+            self._metrics.backend_done(ep.pool, ep.id, _OK, elapsed)
             return Routed(value, Route(ep.pool, ep.id, ep.backend, len(tried)))
 
     def _no_endpoint(
@@ -207,3 +269,7 @@ def _llm(adapter: Adapter, model: str) -> LLMAdapter:
             retryable=False,
         )
     return adapter
+
+
+def _pool_of(candidates: list[EndpointState]) -> str:
+    return candidates[0].endpoint.pool if candidates else ""

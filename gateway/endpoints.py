@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,6 +17,9 @@ from adapters import REGISTRY, Adapter
 from discovery import Endpoint, ModelRef, PoolSnapshot
 
 from .errors import GatewayError
+
+if TYPE_CHECKING:
+    from .routing.probe import LoadSample
 
 log = logging.getLogger("meshgate.endpoints")
 
@@ -29,10 +33,17 @@ class EndpointState:
         "_ready_models",
         "adapter",
         "checked_at",
+        "consecutive_failures",
+        "ejected_until",
+        "ejections",
         "endpoint",
         "in_flight",
+        "latency",
         "live",
+        "load",
+        "outstanding_units",
         "ready_names",
+        "score",
         "status_message",
     )
 
@@ -44,6 +55,16 @@ class EndpointState:
         # Names of ready models declared without a version: the request path's O(1) check.
         self.ready_names: frozenset[str] = frozenset()
         self.in_flight = 0
+        # Scheduler state: complexity units sent and not yet answered; the latest scrape
+        # (a LoadSample from the load probe, None before the first); EWMA latency per model
+        # (seconds per complexity unit); passive outlier ejection; the last score computed.
+        self.outstanding_units = 0.0
+        self.load: LoadSample | None = None
+        self.latency: dict[str, float] = {}
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.score = -1.0
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
         self.status_message = "not checked yet"
 
@@ -176,6 +197,9 @@ class EndpointTable:
 
     def models(self) -> dict[str, list[EndpointState]]:
         return self._by_model
+
+    def pool_states(self, pool: str) -> list[EndpointState]:
+        return [s for (p, _), s in self._states.items() if p == pool]
 
     def pool_ready(self) -> dict[str, bool]:
         ready: dict[str, bool] = {}

@@ -56,6 +56,24 @@ class Metrics:
             ["pool"],
             registry=registry,
         )
+        self.retry_budget_exhausted = Counter(
+            "meshgate_retry_budget_exhausted_total",
+            "Retries not sent because the pool's retry budget was spent, by pool.",
+            ["pool"],
+            registry=registry,
+        )
+        self.ejections = Counter(
+            "meshgate_outlier_ejections_total",
+            "Endpoints taken out of rotation by passive outlier ejection.",
+            ["pool", "endpoint"],
+            registry=registry,
+        )
+        self.scrapes = Counter(
+            "meshgate_load_scrapes_total",
+            "Load probe scrapes of metrics URLs, by result (ok, error).",
+            ["result"],
+            registry=registry,
+        )
         registry.register(_CallCollector(self))
 
     def request_done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -168,6 +186,31 @@ class _EndpointCollector(Collector):
             "Seconds since the endpoint's readiness was last checked.",
             labels=["pool", "endpoint"],
         )
+        units = GaugeMetricFamily(
+            "meshgate_endpoint_outstanding_units",
+            "Complexity units in flight to the endpoint from this gateway.",
+            labels=["pool", "endpoint"],
+        )
+        score = GaugeMetricFamily(
+            "meshgate_endpoint_score",
+            "The endpoint's score at its last scheduling decision (0..1, higher wins).",
+            labels=["pool", "endpoint"],
+        )
+        ejected = GaugeMetricFamily(
+            "meshgate_endpoint_ejected",
+            "1 while the endpoint is ejected by passive outlier detection.",
+            labels=["pool", "endpoint"],
+        )
+        signal = GaugeMetricFamily(
+            "meshgate_endpoint_load",
+            "The endpoint's latest scraped load signals (gpu_util, gpu_mem, queue, running, kv_cache).",
+            labels=["pool", "endpoint", "signal"],
+        )
+        scrape_age = GaugeMetricFamily(
+            "meshgate_endpoint_load_age_seconds",
+            "Seconds since the endpoint's metrics were last scraped successfully.",
+            labels=["pool", "endpoint"],
+        )
         now = time.monotonic()
         for s in list(self._states()):
             labels = [s.endpoint.pool, s.endpoint.id]
@@ -175,9 +218,18 @@ class _EndpointCollector(Collector):
             inflight.add_metric(labels, float(s.in_flight))
             if s.checked_at:
                 age.add_metric(labels, now - s.checked_at)
-        yield ready
-        yield inflight
-        yield age
+            units.add_metric(labels, s.outstanding_units)
+            if s.score >= 0:
+                score.add_metric(labels, s.score)
+            ejected.add_metric(labels, 1.0 if s.ejected_until > now else 0.0)
+            load = s.load
+            if load is not None:
+                scrape_age.add_metric(labels, now - load.at)
+                for name in ("gpu_util", "gpu_mem", "queue", "running", "kv_cache"):
+                    value = getattr(load, name)
+                    if value is not None:
+                        signal.add_metric([*labels, name], value)
+        yield from (ready, inflight, age, units, score, ejected, signal, scrape_age)
 
 
 class _SourceCollector(Collector):

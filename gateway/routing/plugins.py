@@ -1,0 +1,260 @@
+"""Scheduler plugins: filters, scorers and pickers, each small, each with its formula.
+
+A profile (scheduler.py) is a list of filters, weighted scorers and one picker. Plugins are
+plain functions listed in the explicit registries at the bottom; a profile names them.
+
+Notation: for endpoint e, cap = capacity (relative speed, Meta `capacity`), slots = requests it
+runs at once (Meta `slots`), a = requests in flight from this gateway, U = complexity units in
+flight from this gateway, u = the request's units, q = scraped queue depth for the model,
+g = scraped GPU utilisation. Scraped values count only while younger than `max_age_s`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from ..endpoints import EndpointState
+from .probe import LoadSample
+
+
+class RequestInfo(NamedTuple):
+    """What the scheduler knows about one request."""
+
+    model: str
+    version: str
+    units: float  # complexity units (cost per item x items, or per 1k tokens x tokens / 1000)
+    region: str = ""
+    timeout_s: float = 0.0  # the caller's remaining time; 0 = unknown
+
+
+class Context(NamedTuple):
+    now: float  # time.monotonic()
+    max_age_s: float  # scraped values older than this are ignored
+
+
+Filter = Callable[[EndpointState, RequestInfo, Context], bool]
+Scorer = Callable[[EndpointState, RequestInfo, Context], float]
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+def f_ready(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
+    """Serves the model (and version) and its last readiness check passed."""
+    return state.ready_for(req.model, req.version)
+
+
+def f_not_ejected(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
+    """Not inside a passive outlier ejection (see outlier.py)."""
+    return state.ejected_until <= ctx.now
+
+
+def f_region(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
+    """Hard region constraint: only the requested region (when the request names one)."""
+    return not req.region or state.endpoint.region == req.region
+
+
+# -- scorers: each returns a value in [0, 1], higher is better ------------------------------
+
+
+def fresh_load(state: EndpointState, ctx: Context) -> LoadSample | None:
+    load = state.load
+    if load is None or ctx.now - load.at > ctx.max_age_s:
+        return None
+    return load
+
+
+def s_inflight(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 / (1 + a): least requests in flight."""
+    return 1.0 / (1.0 + state.in_flight)
+
+
+def s_weighted_inflight(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """Envoy's weighted least request: w = cap / (a + 1), as w / (1 + w) to stay in [0, 1)."""
+    w = state.endpoint.capacity / (state.in_flight + 1.0)
+    return w / (1.0 + w)
+
+
+def s_outstanding(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 / (1 + U / cap): complexity in flight over capacity (counts units, not requests)."""
+    return 1.0 / (1.0 + state.outstanding_units / state.endpoint.capacity)
+
+
+def s_gpu_headroom(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 - g; 0.5 (neutral) without a fresh GPU signal."""
+    load = fresh_load(state, ctx)
+    g = load.gpu_util if load is not None else None
+    return 0.5 if g is None else min(1.0, max(0.0, 1.0 - g))
+
+
+def s_queue(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 / (1 + q) with q the scraped queue for the model (or the whole server); without a fresh
+    scrape, this gateway's own excess over the slots, max(0, a - slots)."""
+    load = fresh_load(state, ctx)
+    q = load.queue_for(req.model) if load is not None else None
+    if q is None:
+        q = max(0, state.in_flight - state.endpoint.slots)
+    return 1.0 / (1.0 + q)
+
+
+def s_region(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 in the requested region (or when none is requested), else 0."""
+    return 1.0 if not req.region or state.endpoint.region == req.region else 0.0
+
+
+def background_util(state: EndpointState, ctx: Context) -> float:
+    """The share of the GPU busy with work that is not ours, from g and our own busy share.
+
+    A server busy with b = min(1, a / slots) of its slots for us, and with background load x,
+    reports g = x + (1 - x) b, so x = (g - b) / (1 - b). Clamped to [0, 0.95]; 0 without a
+    fresh GPU signal, or when all slots are ours (then g says nothing about x).
+    """
+    load = fresh_load(state, ctx)
+    g = load.gpu_util if load is not None else None
+    if g is None:
+        return 0.0
+    b = min(1.0, state.in_flight / state.endpoint.slots)
+    if b >= 0.95:
+        return 0.0
+    return min(0.95, max(0.0, (g - b) / (1.0 - b)))
+
+
+def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """Predicted completion of this request at e, in units of "one unit on an idle cap-1 GPU".
+
+    rate = cap x (1 - x)                       (x: background_util)
+    service = u / rate
+    wait = 0 while a free slot exists (a < slots): light work must not queue behind a slow idle
+           GPU's empty slots, nor skip them either;
+         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(a - slots + 1, q)
+    """
+    ep = state.endpoint
+    rate = ep.capacity * (1.0 - background_util(state, ctx))
+    service = req.units / rate
+    a = state.in_flight
+    load = fresh_load(state, ctx)
+    scraped_q = load.queue_for(req.model) if load is not None else None
+    ahead = max(a - ep.slots + 1, 0, scraped_q or 0)
+    if ahead <= 0:
+        return service
+    mean_units = state.outstanding_units / a if a else req.units
+    return service + ahead * mean_units / (rate * ep.slots)
+
+
+def s_predicted(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """t0 / (t0 + t): t predicted completion (predicted_seconds), t0 = u (idle cap-1 time).
+    1 for an instant answer, 0.5 when e is as good as an idle cap-1 GPU, -> 0 as t grows."""
+    t0 = req.units or 1.0
+    return t0 / (t0 + predicted_seconds(state, req, ctx))
+
+
+def s_latency(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 / (1 + L / L*): L = EWMA seconds per unit for the model at e, L* = 10 ms per unit.
+    Neutral 0.5 before the first sample."""
+    lat = state.latency.get(req.model)
+    return 0.5 if lat is None else 1.0 / (1.0 + lat / 0.010)
+
+
+def s_price(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """1 / (1 + p): p = Meta price_in_per_1k + price_out_per_1k (or cost_per_hour / 100);
+    free or self-hosted without a price: 1."""
+    meta = state.endpoint.meta
+    try:
+        p = float(meta.get("price_in_per_1k", 0)) + float(meta.get("price_out_per_1k", 0))
+        if not p:
+            p = float(meta.get("cost_per_hour", 0)) / 100.0
+    except ValueError:
+        p = 0.0
+    return 1.0 / (1.0 + max(0.0, p))
+
+
+# -- pickers ----------------------------------------------------------------------------------
+
+
+class Picker:
+    """Chooses among the candidates that passed the filters, given a score function."""
+
+    name = ""
+    uses_scores = True
+
+    def __init__(self) -> None:
+        self._turn = 0
+        self._rng = random.Random()
+
+    def pick(
+        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
+    ) -> EndpointState | None:
+        raise NotImplementedError
+
+
+class MaxScore(Picker):
+    """The highest score; ties go to the first after a rotating start (spreads equal endpoints)."""
+
+    name = "max_score"
+
+    def pick(
+        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
+    ) -> EndpointState | None:
+        n = len(states)
+        if not n:
+            return None
+        self._turn = (self._turn + 1) % n
+        best, best_score = None, -1.0
+        for k in range(n):
+            s = states[(self._turn + k) % n]
+            v = score(s)
+            s.score = v
+            if v > best_score:
+                best, best_score = s, v
+        return best
+
+
+class PowerOfTwo(Picker):
+    """Two candidates drawn at random; the higher score wins (O(1); herds less across replicas)."""
+
+    name = "p2c"
+
+    def pick(
+        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
+    ) -> EndpointState | None:
+        n = len(states)
+        if n <= 1:
+            return states[0] if n else None
+        i = self._rng.randrange(n)
+        j = self._rng.randrange(n - 1)
+        j += j >= i
+        a, b = states[i], states[j]
+        a.score, b.score = score(a), score(b)
+        return a if a.score >= b.score else b
+
+
+class RoundRobin(Picker):
+    """Each candidate in turn, scores ignored (reference policy)."""
+
+    name = "round_robin"
+    uses_scores = False
+
+    def pick(
+        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
+    ) -> EndpointState | None:
+        if not states:
+            return None
+        self._turn += 1
+        return states[self._turn % len(states)]
+
+
+FILTERS: Mapping[str, Filter] = {"ready": f_ready, "not_ejected": f_not_ejected, "region": f_region}
+SCORERS: Mapping[str, Scorer] = {
+    "inflight": s_inflight,
+    "weighted_inflight": s_weighted_inflight,
+    "outstanding": s_outstanding,
+    "gpu_headroom": s_gpu_headroom,
+    "queue": s_queue,
+    "region": s_region,
+    "predicted": s_predicted,
+    "latency": s_latency,
+    "price": s_price,
+}
+PICKERS: Mapping[str, type[Picker]] = {"max_score": MaxScore, "p2c": PowerOfTwo, "round_robin": RoundRobin}

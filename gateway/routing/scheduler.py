@@ -1,0 +1,152 @@
+"""The scheduler: per pool, a profile of filters, weighted scorers and one picker.
+
+    score(e) = sum_i w_i * scorer_i(e) / sum_i w_i        (each scorer in [0, 1])
+
+Built-in profiles (a config `routing.profiles` entry with the same name replaces one):
+
+    round_robin              reference only
+    least_inflight           max 1/(1+a)
+    p2c_inflight             two at random, fewer in flight wins (Envoy least_request default)
+    weighted_least_request   max cap/(a+1) (Envoy least_request with weights)
+    default                  max predicted completion (plugins.s_predicted): capacity, free batch
+                             slots, complexity in flight, scraped queue and GPU background load
+
+A request names a preferred region as a soft constraint: the best endpoint in that region wins
+while one passes the filters; the `region` filter makes it hard.
+
+The scheduler also keeps what the request path learns: units in flight per endpoint, EWMA latency
+per model, and passive outlier ejection (outlier.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from ..endpoints import EndpointState
+from .outlier import OutlierDetector, OutlierPolicy
+from .plugins import FILTERS, PICKERS, SCORERS, Context, Filter, Picker, RequestInfo, Scorer
+
+
+class ProfileSpec(NamedTuple):
+    filters: tuple[str, ...]
+    scorers: Mapping[str, float]
+    picker: str
+
+
+BUILTIN_PROFILES: Mapping[str, ProfileSpec] = {
+    "round_robin": ProfileSpec(("ready", "not_ejected"), {}, "round_robin"),
+    "least_inflight": ProfileSpec(("ready", "not_ejected"), {"inflight": 1.0}, "max_score"),
+    "p2c_inflight": ProfileSpec(("ready", "not_ejected"), {"inflight": 1.0}, "p2c"),
+    "weighted_least_request": ProfileSpec(("ready", "not_ejected"), {"weighted_inflight": 1.0}, "max_score"),
+    "default": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "max_score"),
+}
+
+
+def check_profile(name: str, spec: ProfileSpec) -> None:
+    """ValueError naming the unknown plugin."""
+    for f in spec.filters:
+        if f not in FILTERS:
+            raise ValueError(f"profile {name!r}: unknown filter {f!r}; expected one of {', '.join(FILTERS)}")
+    for s, w in spec.scorers.items():
+        if s not in SCORERS:
+            raise ValueError(f"profile {name!r}: unknown scorer {s!r}; expected one of {', '.join(SCORERS)}")
+        if not w >= 0:
+            raise ValueError(f"profile {name!r}: scorer {s!r} weight must be >= 0")
+    if spec.picker not in PICKERS:
+        raise ValueError(
+            f"profile {name!r}: unknown picker {spec.picker!r}; expected one of {', '.join(PICKERS)}"
+        )
+
+
+class Profile:
+    def __init__(self, name: str, spec: ProfileSpec) -> None:
+        check_profile(name, spec)
+        self.name = name
+        self.filters: tuple[Filter, ...] = tuple(FILTERS[f] for f in spec.filters)
+        total = sum(spec.scorers.values()) or 1.0
+        self.scorers: tuple[tuple[Scorer, float], ...] = tuple(
+            (SCORERS[s], w / total) for s, w in spec.scorers.items() if w > 0
+        )
+        self.picker: Picker = PICKERS[spec.picker]()
+
+    def score(self, state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+        if len(self.scorers) == 1:
+            return self.scorers[0][0](state, req, ctx)
+        return sum(w * fn(state, req, ctx) for fn, w in self.scorers)
+
+
+class Scheduler:
+    """Picks endpoints by the pool's profile and records what calls teach."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, ProfileSpec] | None = None,
+        default_profile: str = "default",
+        pool_profiles: Mapping[str, str] | None = None,
+        *,
+        max_age_s: float = 5.0,
+        outlier: OutlierPolicy | None = None,
+        latency_alpha: float = 0.2,
+    ) -> None:
+        specs = dict(BUILTIN_PROFILES) | dict(profiles or {})
+        self.profiles = {name: Profile(name, spec) for name, spec in specs.items()}
+        for pool, name in {"*": default_profile, **(pool_profiles or {})}.items():
+            if name not in self.profiles:
+                raise ValueError(
+                    f"pool {pool!r}: unknown profile {name!r}; expected one of {', '.join(self.profiles)}"
+                )
+        self.default_profile = default_profile
+        self.pool_profiles = dict(pool_profiles or {})
+        self.max_age_s = max_age_s
+        self.outliers = OutlierDetector(outlier or OutlierPolicy())
+        self.latency_alpha = latency_alpha
+        self._profile_of_pool: dict[str, Profile] = {}
+
+    def profile_for(self, pool: str) -> Profile:
+        profile = self._profile_of_pool.get(pool)
+        if profile is None:
+            profile = self.profiles[self.pool_profiles.get(pool, self.default_profile)]
+            self._profile_of_pool[pool] = profile
+        return profile
+
+    def pick(
+        self,
+        candidates: Sequence[EndpointState],
+        req: RequestInfo,
+        exclude: Sequence[EndpointState] = (),
+    ) -> EndpointState | None:
+        """The endpoint for `req` among `candidates` (one model's endpoints, any pools)."""
+        if not candidates:
+            return None
+        ctx = Context(time.monotonic(), self.max_age_s)
+        profile = self.profile_for(candidates[0].endpoint.pool)
+        filters = profile.filters
+        passing = [s for s in candidates if s not in exclude and all(f(s, req, ctx) for f in filters)]
+        if req.region:
+            local = [s for s in passing if s.endpoint.region == req.region]
+            passing = local or passing
+        return profile.picker.pick(passing, lambda s: profile.score(s, req, ctx))
+
+    # -- what the request path reports ----------------------------------------------------
+    def started(self, state: EndpointState, units: float) -> None:
+        state.in_flight += 1
+        state.outstanding_units += units
+
+    def finished(
+        self, state: EndpointState, req: RequestInfo, seconds: float, ok: bool, endpoint_fault: bool
+    ) -> None:
+        """`ok`: answered; `endpoint_fault`: failed in a way that says the endpoint is unwell
+        (unavailable, internal error, timeout), as opposed to the caller's mistake."""
+        state.in_flight -= 1
+        state.outstanding_units = max(0.0, state.outstanding_units - req.units)
+        if ok and req.units > 0:
+            per_unit = seconds / req.units
+            old = state.latency.get(req.model)
+            a = self.latency_alpha
+            state.latency[req.model] = per_unit if old is None else old + a * (per_unit - old)
+        if ok:
+            self.outliers.success(state)
+        elif endpoint_fault:
+            self.outliers.failure(state)

@@ -1,0 +1,248 @@
+"""Scheduler plugins, profiles, outlier ejection, retry budget and the metrics parser, with fakes."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from discovery import Endpoint, ModelRef
+from gateway.config import Config
+from gateway.endpoints import EndpointState
+from gateway.routing import plugins
+from gateway.routing.outlier import OutlierDetector, OutlierPolicy, RetryBudget
+from gateway.routing.plugins import Context, RequestInfo
+from gateway.routing.probe import LoadSample, load_metric_names, parse_page
+from gateway.routing.scheduler import Scheduler
+
+NOW = 1000.0
+CTX = Context(NOW, 5.0)
+
+
+def state(
+    name: str,
+    capacity: float = 1.0,
+    slots: int = 1,
+    in_flight: int = 0,
+    units: float = 0.0,
+    region: str = "",
+    load: LoadSample | None = None,
+) -> EndpointState:
+    ep = Endpoint(
+        id=name,
+        pool="p",
+        host="127.0.0.1",
+        port=1,
+        backend="triton",
+        models=(ModelRef("m"),),
+        region=region,
+        capacity=capacity,
+        slots=slots,
+    )
+    s = EndpointState(ep, adapter=None)  # type: ignore[arg-type]
+    s.live = True
+    s.ready_models = frozenset({ModelRef("m")})
+    s.in_flight = in_flight
+    s.outstanding_units = units
+    s.load = load
+    return s
+
+
+def req(units: float = 1.0, region: str = "") -> RequestInfo:
+    return RequestInfo("m", "", units, region, 1.0)
+
+
+# -- formulas ---------------------------------------------------------------------------------
+
+
+def test_predicted_counts_free_slots_so_light_work_uses_an_idle_slow_gpu() -> None:
+    slow_idle = state("slow", capacity=1, slots=4)
+    fast_busy = state("fast", capacity=4, slots=1, in_flight=1, units=8)
+    # light: slow idle = 1/1 = 1; fast busy = 1/4 + 1 ahead x 8 units / (4 x 1) = 2.25
+    assert plugins.predicted_seconds(slow_idle, req(1), CTX) == pytest.approx(1.0)
+    assert plugins.predicted_seconds(fast_busy, req(1), CTX) == pytest.approx(2.25)
+    # heavy: slow idle = 8; fast busy = 2 + 2 = 4
+    assert plugins.predicted_seconds(slow_idle, req(8), CTX) == pytest.approx(8.0)
+    assert plugins.predicted_seconds(fast_busy, req(8), CTX) == pytest.approx(4.0)
+    sched = Scheduler()
+    assert sched.pick([slow_idle, fast_busy], req(1)) is slow_idle
+    assert sched.pick([slow_idle, fast_busy], req(8)) is fast_busy
+
+
+def test_background_gpu_load_slows_the_predicted_rate_and_stale_values_stop_counting() -> None:
+    busy = LoadSample(at=NOW - 1, gpu_util=0.8)
+    s = state("a", capacity=2, slots=2, load=busy)
+    assert plugins.background_util(s, CTX) == pytest.approx(0.8)
+    assert plugins.predicted_seconds(s, req(1), CTX) == pytest.approx(1 / (2 * 0.2))
+    # one of two slots ours: g = x + (1 - x) * 0.5 -> x = (0.8 - 0.5) / 0.5 = 0.6
+    s.in_flight, s.outstanding_units = 1, 1.0
+    assert plugins.background_util(s, CTX) == pytest.approx(0.6)
+    s.load = LoadSample(at=NOW - 6, gpu_util=0.8)  # older than max_age_s = 5
+    assert plugins.background_util(s, CTX) == 0.0
+    assert plugins.s_gpu_headroom(s, req(), CTX) == 0.5
+
+
+def test_scraped_queue_counts_as_work_ahead() -> None:
+    q = LoadSample(at=NOW, queue=9.0, model_queue={"m": 3.0})
+    s = state("a", capacity=1, slots=1, load=q)
+    assert plugins.s_queue(s, req(), CTX) == pytest.approx(1 / (1 + 3))  # the model's own queue
+    assert plugins.predicted_seconds(s, req(2), CTX) == pytest.approx(2 + 3 * 2)
+    assert plugins.s_queue(state("b", slots=2, in_flight=5), req(), CTX) == pytest.approx(1 / 4)
+
+
+def test_simple_scorers() -> None:
+    assert plugins.s_inflight(state("a", in_flight=3), req(), CTX) == pytest.approx(0.25)
+    w = 4 / (1 + 1)
+    assert plugins.s_weighted_inflight(state("a", capacity=4, in_flight=1), req(), CTX) == pytest.approx(
+        w / (1 + w)
+    )
+    assert plugins.s_outstanding(state("a", capacity=2, units=6), req(), CTX) == pytest.approx(0.25)
+    assert plugins.s_region(state("a", region="eu"), req(region="us"), CTX) == 0.0
+    assert plugins.s_region(state("a", region="eu"), req(region="eu"), CTX) == 1.0
+    s = state("a")
+    assert plugins.s_latency(s, req(), CTX) == 0.5
+    s.latency["m"] = 0.010
+    assert plugins.s_latency(s, req(), CTX) == pytest.approx(0.5)
+    for v in (
+        plugins.s_predicted(state("x", in_flight=50, units=400), req(), CTX),
+        plugins.s_gpu_headroom(s, req(), CTX),
+    ):
+        assert 0.0 <= v <= 1.0
+
+
+# -- profiles and pickers ---------------------------------------------------------------------
+
+
+def test_weighted_profile_normalises_weights() -> None:
+    from gateway.routing.scheduler import Profile, ProfileSpec
+
+    p = Profile("mix", ProfileSpec(("ready",), {"inflight": 3.0, "region": 1.0}, "max_score"))
+    s = state("a", in_flight=1, region="eu")
+    assert p.score(s, req(region="eu"), CTX) == pytest.approx(0.75 * 0.5 + 0.25 * 1.0)
+
+
+def test_max_score_rotates_between_equals_and_p2c_compares_two_distinct() -> None:
+    sched = Scheduler(default_profile="least_inflight")
+    a, b, c = state("a"), state("b"), state("c")
+    picks = Counter(sched.pick([a, b, c], req()).endpoint.id for _ in range(300))  # type: ignore[union-attr]
+    assert set(picks) == {"a", "b", "c"} and min(picks.values()) >= 90
+    sched = Scheduler(default_profile="p2c_inflight")
+    busy, idle = state("busy", in_flight=5), state("idle")
+    assert all(sched.pick([busy, idle], req()) is idle for _ in range(50))
+    three = [state("x", in_flight=9), state("y", in_flight=1), state("z", in_flight=0)]
+    never = Counter(sched.pick(three, req()).endpoint.id for _ in range(600))  # type: ignore[union-attr]
+    assert never["x"] == 0  # x loses every pair it is drawn in
+
+
+def test_filters_exclude_not_ready_ejected_and_tried() -> None:
+    sched = Scheduler()
+    a, b, c = state("a"), state("b"), state("c")
+    b.live = False
+    c.ejected_until = time.monotonic() + 60
+    assert sched.pick([a, b, c], req()) is a
+    assert sched.pick([a, b, c], req(), exclude=[a]) is None
+    region_sched = Scheduler()
+    eu, us = state("eu", region="eu", in_flight=3), state("us", region="us")
+    assert region_sched.pick([eu, us], req(region="eu")) is eu  # soft: the region wins while it can
+    eu.live = False
+    assert region_sched.pick([eu, us], req(region="eu")) is us
+
+
+def test_unknown_plugins_and_profiles_are_config_errors() -> None:
+    with pytest.raises(ValueError, match="unknown scorer 'gpu'"):
+        Config.model_validate({"routing": {"profiles": {"x": {"scorers": {"gpu": 1}}}}})
+    with pytest.raises(ValueError, match=r"pool_profiles\.llm: unknown profile 'fast'"):
+        Config.model_validate({"routing": {"pool_profiles": {"llm": "fast"}}})
+    cfg = Config.model_validate(
+        {
+            "routing": {
+                "profile": "mine",
+                "profiles": {"mine": {"scorers": {"predicted": 2, "gpu_headroom": 1}, "picker": "p2c"}},
+            }
+        }
+    )
+    assert cfg.routing.profiles["mine"].picker == "p2c"
+
+
+# -- outlier ejection and retry budget --------------------------------------------------------
+
+
+def test_consecutive_failures_eject_with_growing_time_and_a_cap_on_the_share() -> None:
+    pool = [state(n) for n in "abcd"]
+    det = OutlierDetector(OutlierPolicy(consecutive_failures=3, base_ejection_s=10, max_ejected_percent=50))
+    det.pool_states = lambda p: pool
+    ejected: list[tuple[str, float]] = []
+    det.on_eject = lambda s, sec: ejected.append((s.endpoint.id, sec))
+    a = pool[0]
+    det.failure(a)
+    det.failure(a)
+    det.success(a)  # a success resets the count
+    det.failure(a)
+    det.failure(a)
+    assert a.ejected_until == 0
+    det.failure(a)
+    assert ejected == [("a", 10)] and a.ejected_until > time.monotonic()
+    a.ejected_until = 0  # the ejection ran out; failing again doubles it
+    for _ in range(3):
+        det.failure(a)
+    assert ejected[-1] == ("a", 20)
+    for s in pool[1:]:  # at most 50% of the pool: b joins a, c and d stay
+        for _ in range(3):
+            det.failure(s)
+    assert [e[0] for e in ejected] == ["a", "a", "b"]
+
+
+def test_retry_budget_allows_a_floor_then_a_share_of_requests() -> None:
+    budget = RetryBudget(percent=20, min_per_s=1)  # floor: 1/s x 10 s window = 10
+    assert sum(budget.try_retry("p") for _ in range(20)) == 10
+    for _ in range(100):
+        budget.request("p")
+    assert sum(budget.try_retry("p") for _ in range(50)) == pytest.approx(20, abs=1)
+    assert budget.try_retry("other")  # budgets are per pool
+
+
+# -- metrics parsing --------------------------------------------------------------------------
+
+TRITON_PAGE = """# HELP nv_inference_pending_request_count Instantaneous number of pending requests
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="resnet",version="1"} 4
+nv_inference_pending_request_count{model="bert",version="1"} 1
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="resnet",version="1"} 110
+# TYPE nv_inference_queue_duration_us counter
+nv_inference_queue_duration_us{model="resnet",version="1"} 60000
+nv_inference_compute_infer_duration_us{model="resnet",version="1"} 250000
+nv_gpu_utilization{gpu_uuid="GPU-1"} 0.5
+nv_gpu_utilization{gpu_uuid="GPU-2"} 0.7
+nv_gpu_memory_used_bytes{gpu_uuid="GPU-1"} 2e9
+nv_gpu_memory_total_bytes{gpu_uuid="GPU-1"} 8e9
+nv_cpu_utilization 0.3
+"""
+
+
+def test_parse_triton_page_with_counter_rates() -> None:
+    specs = load_metric_names()["triton"]
+    first = parse_page(TRITON_PAGE, specs, 1.0, None)
+    assert first.gpu_util == pytest.approx(0.6)
+    assert first.gpu_mem == pytest.approx(0.25)
+    assert first.queue == 5 and dict(first.model_queue) == {"resnet": 4, "bert": 1}
+    assert first.queue_for("bert") == 1 and first.queue_for("other") == 5
+    later = (
+        TRITON_PAGE.replace("} 110", "} 120").replace("} 60000", "} 80000").replace("} 250000", "} 300000")
+    )
+    second = parse_page(later, specs, 2.0, first)
+    assert second.queue_s_per_request["resnet"] == pytest.approx(0.002)  # 20 ms / 10 requests
+    assert second.compute_s_per_request["resnet"] == pytest.approx(0.005)
+
+
+def test_parse_dcgm_and_vllm_pages_and_reject_garbage() -> None:
+    names = load_metric_names()
+    dcgm = 'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-1",modelName="H100"} 90\nDCGM_FI_DEV_FB_USED{gpu="0"} 1000\nDCGM_FI_DEV_FB_FREE{gpu="0"} 3000\n'
+    s = parse_page(dcgm, names["any"], 0.0, None)
+    assert s.gpu_util == pytest.approx(0.9) and s.gpu_mem == pytest.approx(0.25)
+    vllm = 'vllm:num_requests_waiting{model_name="llama",engine="0"} 7\nvllm:num_requests_running{model_name="llama",engine="0"} 3\nvllm:kv_cache_usage_perc{model_name="llama",engine="0"} 0.42\n'
+    v = parse_page(vllm, names["vllm"], 0.0, None)
+    assert (v.queue, v.running, v.kv_cache, v.queue_for("llama")) == (7, 3, pytest.approx(0.42), 7)
+    with pytest.raises(ValueError):
+        parse_page('nv_gpu_utilization{gpu_uuid="x" 0.5\n', names["triton"], 0.0, None)
