@@ -3,8 +3,9 @@
 Every endpoint with a `metrics_url` (Consul Meta or config) is scraped on an interval (default
 1 s, jittered so that N gateways do not scrape in step). The page is filtered down to the metric
 names listed for the endpoint's backend kind in metric_names.yaml (data, not code), parsed with
-prometheus_client's parser and reduced to a `LoadSample`. Several endpoints sharing one URL (a
-Triton serving two pools) cost one scrape.
+prometheus_client's parser and reduced to a `LoadSample`. `metrics_url` may list several URLs,
+comma-separated (a Triton's own page and the node's DCGM exporter): their pages are read as one.
+Several endpoints sharing the same URLs (a Triton serving two pools) cost one scrape.
 
 A failed or malformed scrape keeps the last good sample: its age grows, and the scheduler stops
 trusting values older than `max_age_s`. Nothing here runs on the request path: the scheduler
@@ -229,12 +230,17 @@ class LoadProbe:
             del self._last[url]
         await asyncio.gather(*(self._scrape(url, states) for url, states in by_url.items()))
 
+    async def _get(self, url: str) -> str:
+        resp = await self._client.get(url)
+        resp.raise_for_status()
+        return resp.text
+
     async def _scrape(self, url: str, states: list[EndpointState]) -> None:
         specs = self.specs_for(states[0].endpoint.backend)
+        urls = [u.strip() for u in url.split(",") if u.strip()]
         try:
-            resp = await self._client.get(url)
-            resp.raise_for_status()
-            sample = parse_page(resp.text, specs, time.monotonic(), self._last.get(url))
+            pages = await asyncio.gather(*(self._get(u) for u in urls))
+            sample = parse_page("\n".join(pages), specs, time.monotonic(), self._last.get(url))
         except (httpx.HTTPError, ValueError) as err:
             message = f"{type(err).__name__}: {err}"[:200]
             if self.errors.get(url) != message:

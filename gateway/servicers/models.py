@@ -39,7 +39,27 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
                 in_flight=s.in_flight,
                 status_message=s.status_message,
                 checked_seconds_ago=(now - s.checked_at) if s.checked_at else -1.0,
+                capacity=s.endpoint.capacity,
+                slots=s.endpoint.slots,
+                outstanding_units=s.outstanding_units,
+                score=s.score,
+                ejected=s.ejected_until > now,
+                consecutive_failures=s.consecutive_failures,
+                latency_per_unit_seconds=s.latency.get(name, 0.0),
             )
+            load = s.load
+            if load is not None:
+                ep = pool.endpoints[-1]
+                ep.load.age_seconds = now - load.at
+                for field, value in (
+                    ("gpu_utilization", load.gpu_util),
+                    ("gpu_memory", load.gpu_mem),
+                    ("queue_depth", load.queue_for(name)),
+                    ("running", load.running),
+                    ("kv_cache_usage", load.kv_cache),
+                ):
+                    if value is not None:
+                        setattr(ep.load, field, value)
     return model
 
 

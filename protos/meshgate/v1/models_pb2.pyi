@@ -55,7 +55,7 @@ class Pool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ready: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago")
+    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago", "capacity", "slots", "outstanding_units", "score", "ejected", "consecutive_failures", "load", "latency_per_unit_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,14 @@ class Endpoint(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CHECKED_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_UNITS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_PER_UNIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     backend: str
@@ -72,4 +80,28 @@ class Endpoint(_message.Message):
     in_flight: int
     status_message: str
     checked_seconds_ago: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ...) -> None: ...
+    capacity: float
+    slots: int
+    outstanding_units: float
+    score: float
+    ejected: bool
+    consecutive_failures: int
+    load: EndpointLoad
+    latency_per_unit_seconds: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ..., capacity: _Optional[float] = ..., slots: _Optional[int] = ..., outstanding_units: _Optional[float] = ..., score: _Optional[float] = ..., ejected: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., load: _Optional[_Union[EndpointLoad, _Mapping]] = ..., latency_per_unit_seconds: _Optional[float] = ...) -> None: ...
+
+class EndpointLoad(_message.Message):
+    __slots__ = ("gpu_utilization", "gpu_memory", "queue_depth", "running", "kv_cache_usage", "age_seconds")
+    GPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    gpu_utilization: float
+    gpu_memory: float
+    queue_depth: float
+    running: float
+    kv_cache_usage: float
+    age_seconds: float
+    def __init__(self, gpu_utilization: _Optional[float] = ..., gpu_memory: _Optional[float] = ..., queue_depth: _Optional[float] = ..., running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., age_seconds: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,148 @@
+"""Load-aware routing end to end: real Tritons, their real queue metrics, GPU signals from a
+DCGM-exporter-format page the test controls, through the gateway's front door."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from meshgate.v1 import inference_pb2, models_pb2, models_pb2_grpc, tensor_pb2
+
+from tests.dcgm_standin import DCGMStandIn
+from tests.helpers import add_sub_request, infer
+from tests.procs import Gateway, Triton, wait_until
+
+SCRAPE_S = 0.2
+
+
+def _endpoint(name: str, triton: Triton, dcgm: DCGMStandIn, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": name,
+        "address": triton.address,
+        "backend": "triton",
+        "models": ["add_sub", "sleep"],
+        # Triton's own page (queue) and the node's DCGM exporter (GPU), read as one.
+        "metrics_url": f"http://127.0.0.1:{triton.metrics_port}/metrics,{dcgm.url}",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def dcgm() -> Iterator[tuple[DCGMStandIn, DCGMStandIn]]:
+    a, b = DCGMStandIn(), DCGMStandIn()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _start(endpoints: list[dict[str, Any]], **routing: Any) -> Gateway:
+    config = {
+        "pools": {"gpu": {"endpoints": endpoints}},
+        "routing": {"load_probe": {"interval_s": SCRAPE_S, "max_age_s": 1.0}, **routing},
+    }
+    gw = Gateway(config).start()
+    gw.wait_serving("gpu")
+    return gw
+
+
+@pytest.fixture(scope="module")
+def equal(triton_a: Triton, triton_b: Triton, dcgm: tuple[DCGMStandIn, DCGMStandIn]) -> Iterator[Gateway]:
+    gw = _start([_endpoint("a", triton_a, dcgm[0]), _endpoint("b", triton_b, dcgm[1])])
+    yield gw
+    gw.stop()
+
+
+def _routes(ch: grpc.Channel, n: int) -> Counter[str]:
+    return Counter(infer(ch, add_sub_request([1.0], [2.0])).route.endpoint for _ in range(n))
+
+
+def _sleep_request(ms: int) -> inference_pb2.InferRequest:
+    ms_tensor = tensor_pb2.Tensor(
+        name="MS", datatype="DATA_TYPE_INT64", shape=[1], raw=np.int64([ms]).tobytes()
+    )
+    return inference_pb2.InferRequest(model="sleep", inputs=[ms_tensor])
+
+
+def _load(ch: grpc.Channel, endpoint: str, model: str = "add_sub") -> models_pb2.Endpoint:
+    model_pb = (
+        models_pb2_grpc.ModelsStub(ch).GetModel(models_pb2.GetModelRequest(name=model), timeout=5).model
+    )
+    return next(e for p in model_pb.pools for e in p.endpoints if e.id == endpoint)
+
+
+def test_gpu_utilisation_shifts_traffic_and_stale_values_stop_steering(
+    equal: Gateway, dcgm: tuple[DCGMStandIn, DCGMStandIn]
+) -> None:
+    a, b = dcgm
+    a.util_percent = b.util_percent = 0
+    with grpc.insecure_channel(equal.address) as ch:
+        time.sleep(3 * SCRAPE_S)
+        idle = _routes(ch, 40)
+        assert idle["a"] >= 10 and idle["b"] >= 10, idle  # equal and idle: shared
+        a.util_percent = 90  # another tenant saturates a's GPU
+        time.sleep(2 * SCRAPE_S + 0.1)  # within two scrape intervals ...
+        busy = _routes(ch, 40)
+        assert busy["b"] >= 38, busy  # ... traffic leaves a
+        shown = _load(ch, "a")
+        assert shown.load.gpu_utilization == pytest.approx(0.9)
+        assert shown.load.gpu_memory == pytest.approx(1000 / 80000)
+        assert 0 <= shown.load.age_seconds < 1.0
+        assert 0 <= shown.score < _load(ch, "b").score  # the operator sees why
+        a.fail = True  # the exporter breaks: the last good value holds for max_age_s, then stops counting
+        time.sleep(1.0 + 3 * SCRAPE_S)
+        stale = _routes(ch, 40)
+        assert stale["a"] >= 10, stale
+        assert _load(ch, "a").load.age_seconds > 1.0
+    a.fail = False
+    a.util_percent = 0
+
+
+def test_real_triton_queue_metrics_shift_traffic(equal: Gateway, triton_a: Triton) -> None:
+    """Another client fills a's `sleep` queue behind the gateway's back: only Triton's
+    nv_inference_pending_request_count shows it, and the gateway routes `sleep` calls to b."""
+    direct = tc.InferenceServerClient(url=triton_a.address)
+    ms = tc.InferInput("MS", [1], "INT64")
+    ms.set_data_from_numpy(np.array([1500], dtype=np.int64))
+    threads = [threading.Thread(target=direct.infer, args=("sleep", [ms])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with grpc.insecure_channel(equal.address) as ch:
+            wait_until(lambda: _load(ch, "a", "sleep").load.queue_depth >= 2, 5, "a's queue in the scrape")
+            routed = Counter(infer(ch, _sleep_request(10)).route.endpoint for _ in range(20))
+            assert routed["b"] >= 19, routed
+    finally:
+        for t in threads:
+            t.join()
+
+
+def test_heavy_work_goes_to_the_big_gpu_and_light_work_uses_free_slots(
+    triton_a: Triton, triton_b: Triton, dcgm: tuple[DCGMStandIn, DCGMStandIn]
+) -> None:
+    """a is 4x b. A heavy call (cost 8) goes to a; while it runs, light calls (cost 1) go to b's
+    free slot instead of queueing behind it (predicted 0.25 + 8/4 on a vs 1 on b)."""
+    gw = _start(
+        [_endpoint("a", triton_a, dcgm[0], capacity=4), _endpoint("b", triton_b, dcgm[1], capacity=1)],
+        model_costs={"sleep": 8},
+    )
+    try:
+        with grpc.insecure_channel(gw.address) as ch:
+            assert Counter(infer(ch, _sleep_request(1)).route.endpoint for _ in range(5)) == {"a": 5}
+            assert _routes(ch, 5) == {"a": 5}  # idle: light work too prefers the faster GPU
+            heavy = ch.unary_unary(
+                "/meshgate.v1.Inference/Infer",
+                request_serializer=inference_pb2.InferRequest.SerializeToString,
+                response_deserializer=inference_pb2.InferResponse.FromString,
+            ).future(_sleep_request(1500), timeout=10)
+            wait_until(lambda: _load(ch, "a", "sleep").outstanding_units == 8, 2, "heavy call in flight")
+            assert _routes(ch, 10) == {"b": 10}
+            assert heavy.result().route.endpoint == "a"
+    finally:
+        gw.stop()
