@@ -148,7 +148,7 @@ class Director:
             tried.append(state)
             route = Route(ep.pool, ep.id, ep.backend, len(tried))
             started = False
-            self.scheduler.started(state, req.units)
+            predicted = self.scheduler.started(state, req)
             start = time.monotonic()
             outcome = grpc.StatusCode.CANCELLED  # until the stream ends or fails
             try:
@@ -179,7 +179,12 @@ class Director:
                 last_error = err
             finally:
                 self.scheduler.finished(
-                    state, req, time.monotonic() - start, outcome == _OK, outcome in _ENDPOINT_FAULTS
+                    state,
+                    req,
+                    predicted,
+                    time.monotonic() - start,
+                    outcome == _OK,
+                    outcome in _ENDPOINT_FAULTS,
                 )
 
     def model_ready(self, model: str, version: str) -> bool:
@@ -216,13 +221,13 @@ class Director:
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
                 )
             tried.append(state)
-            self.scheduler.started(state, req.units)
+            predicted = self.scheduler.started(state, req)
             start = time.monotonic()
             try:
                 value = await op(state.adapter, remaining)
             except BackendError as err:
                 elapsed = time.monotonic() - start
-                self.scheduler.finished(state, req, elapsed, False, err.code in _ENDPOINT_FAULTS)
+                self.scheduler.finished(state, req, predicted, elapsed, False, err.code in _ENDPOINT_FAULTS)
                 self._metrics.backend_done(ep.pool, ep.id, err.code, elapsed)
                 if err.code == grpc.StatusCode.UNAVAILABLE:
                     state.mark_down(f"call failed: {err.message}")
@@ -240,10 +245,10 @@ class Director:
                 last_error = err
                 continue
             except BaseException:  # cancelled by the caller: the call is over, count it out
-                self.scheduler.finished(state, req, time.monotonic() - start, False, False)
+                self.scheduler.finished(state, req, predicted, time.monotonic() - start, False, False)
                 raise
             elapsed = time.monotonic() - start
-            self.scheduler.finished(state, req, elapsed, True, False)
+            self.scheduler.finished(state, req, predicted, elapsed, True, False)
             self._metrics.backend_done(ep.pool, ep.id, _OK, elapsed)
             return Routed(value, Route(ep.pool, ep.id, ep.backend, len(tried)))
 

@@ -32,6 +32,10 @@ class EndpointState:
     __slots__ = (
         "_ready_models",
         "adapter",
+        "background",
+        "busy_area",
+        "busy_mark",
+        "busy_since",
         "checked_at",
         "consecutive_failures",
         "ejected_until",
@@ -44,6 +48,8 @@ class EndpointState:
         "outstanding_units",
         "ready_names",
         "score",
+        "slowdown",
+        "slowness",
         "status_message",
     )
 
@@ -65,6 +71,16 @@ class EndpointState:
         self.ejections = 0
         self.ejected_until = 0.0
         self.score = -1.0
+        # Our own busy share of the endpoint's slots, integrated over time (slot-seconds / slots),
+        # so that a GPU utilisation averaged over a scrape window can be split into ours and
+        # everyone else's: background = (x, at) from the last scrape (see routing/probe.py).
+        self.busy_area = 0.0
+        self.busy_since = time.monotonic()
+        self.busy_mark = (0.0, self.busy_since)
+        self.background: tuple[float, float] | None = None
+        # EWMA of observed seconds / predicted units-time for calls here (see Scheduler.finished).
+        self.slowness = 0.0
+        self.slowdown = 1.0  # slowness / the pool's: > 1 = slower than the metrics explain
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
         self.status_message = "not checked yet"
 
@@ -86,6 +102,12 @@ class EndpointState:
         if not version and model in self.ready_names:
             return True
         return any(_matches(ref, model, version) for ref in self._ready_models)
+
+    def account_busy(self, now: float) -> None:
+        """Add our busy share since the last change; call before in_flight changes."""
+        share = self.in_flight / self.endpoint.slots
+        self.busy_area += (share if share < 1.0 else 1.0) * (now - self.busy_since)
+        self.busy_since = now
 
     def mark_down(self, reason: str) -> None:
         """Passive health: a call saw the endpoint unavailable; the readiness loop revives it."""

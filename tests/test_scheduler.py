@@ -13,7 +13,7 @@ from gateway.endpoints import EndpointState
 from gateway.routing import plugins
 from gateway.routing.outlier import OutlierDetector, OutlierPolicy, RetryBudget
 from gateway.routing.plugins import Context, RequestInfo
-from gateway.routing.probe import LoadSample, load_metric_names, parse_page
+from gateway.routing.probe import LoadSample, load_metric_names, parse_page, split_background
 from gateway.routing.scheduler import Scheduler
 
 NOW = 1000.0
@@ -71,16 +71,24 @@ def test_predicted_counts_free_slots_so_light_work_uses_an_idle_slow_gpu() -> No
 
 
 def test_background_gpu_load_slows_the_predicted_rate_and_stale_values_stop_counting() -> None:
-    busy = LoadSample(at=NOW - 1, gpu_util=0.8)
-    s = state("a", capacity=2, slots=2, load=busy)
-    assert plugins.background_util(s, CTX) == pytest.approx(0.8)
-    assert plugins.predicted_seconds(s, req(1), CTX) == pytest.approx(1 / (2 * 0.2))
-    # one of two slots ours: g = x + (1 - x) * 0.5 -> x = (0.8 - 0.5) / 0.5 = 0.6
-    s.in_flight, s.outstanding_units = 1, 1.0
-    assert plugins.background_util(s, CTX) == pytest.approx(0.6)
-    s.load = LoadSample(at=NOW - 6, gpu_util=0.8)  # older than max_age_s = 5
-    assert plugins.background_util(s, CTX) == 0.0
-    assert plugins.s_gpu_headroom(s, req(), CTX) == 0.5
+    s = state("a", capacity=2, slots=2)
+    t0 = s.busy_since
+    split_background(s, 0.8, t0 + 1.0)  # nothing of ours ran: all 80% is someone else's
+    ctx = Context(t0 + 1.0, 5.0)
+    assert plugins.background_util(s, ctx) == pytest.approx(0.8)
+    assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / (2 * 0.2))
+    # One of two slots ours for the whole next window: g = x + (1 - x) * 0.5 -> x = (0.8 - 0.5) / 0.5
+    s.in_flight, s.busy_since = 1, t0 + 1.0
+    split_background(s, 0.8, t0 + 2.0)
+    assert plugins.background_util(s, Context(t0 + 2.0, 5.0)) == pytest.approx(0.6)
+    # All slots ours: g says nothing about x, the last estimate stays.
+    s.in_flight, s.busy_since = 2, t0 + 2.0
+    split_background(s, 1.0, t0 + 3.0)
+    assert plugins.background_util(s, Context(t0 + 3.0, 5.0)) == pytest.approx(0.6)
+    assert plugins.background_util(s, Context(t0 + 9.0, 5.0)) == 0.0  # older than max_age_s
+    s.load = LoadSample(at=t0 + 3.0, gpu_util=0.8)
+    assert plugins.s_gpu_headroom(s, req(), Context(t0 + 3.5, 5.0)) == pytest.approx(0.2)
+    assert plugins.s_gpu_headroom(s, req(), Context(t0 + 9.0, 5.0)) == 0.5
 
 
 def test_scraped_queue_counts_as_work_ahead() -> None:

@@ -105,42 +105,47 @@ def s_region(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
 
 
 def background_util(state: EndpointState, ctx: Context) -> float:
-    """The share of the GPU busy with work that is not ours, from g and our own busy share.
-
-    A server busy with b = min(1, a / slots) of its slots for us, and with background load x,
-    reports g = x + (1 - x) b, so x = (g - b) / (1 - b). Clamped to [0, 0.95]; 0 without a
-    fresh GPU signal, or when all slots are ours (then g says nothing about x).
-    """
-    load = fresh_load(state, ctx)
-    g = load.gpu_util if load is not None else None
-    if g is None:
+    """x: the share of the GPU busy with work that is not ours (another tenant, other gateway
+    replicas), split from the scraped utilisation by probe.split_background; 0 when not fresh."""
+    bg = state.background
+    if bg is None or ctx.now - bg[1] > ctx.max_age_s:
         return 0.0
-    b = min(1.0, state.in_flight / state.endpoint.slots)
-    if b >= 0.95:
-        return 0.0
-    return min(0.95, max(0.0, (g - b) / (1.0 - b)))
+    return bg[0]
 
 
 def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """Predicted completion of this request at e, in units of "one unit on an idle cap-1 GPU".
 
-    rate = cap x (1 - x)                       (x: background_util)
+    rate = cap x (1 - x) / d                   (x: background_util; d: state.slowdown, latency
+                                                feedback for what the metrics do not explain)
     service = u / rate
     wait = 0 while a free slot exists (a < slots): light work must not queue behind a slow idle
            GPU's empty slots, nor skip them either;
          = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(a - slots + 1, q)
+
+    On the request path for every candidate: written flat (no helper calls) for speed.
     """
     ep = state.endpoint
-    rate = ep.capacity * (1.0 - background_util(state, ctx))
-    service = req.units / rate
+    slots = ep.slots
     a = state.in_flight
-    load = fresh_load(state, ctx)
-    scraped_q = load.queue_for(req.model) if load is not None else None
-    ahead = max(a - ep.slots + 1, 0, scraped_q or 0)
+    load = state.load
+    x = 0.0
+    q = 0.0
+    bg = state.background
+    if bg is not None and ctx.now - bg[1] <= ctx.max_age_s:
+        x = bg[0]
+    if load is not None and ctx.now - load.at <= ctx.max_age_s:
+        mq = load.model_queue
+        q = mq.get(req.model, 0.0) if mq else (load.queue or 0.0)
+    rate = ep.capacity * (1.0 - x) / state.slowdown
+    service = req.units / rate
+    ahead: float = a - slots + 1
+    if q > ahead:
+        ahead = q
     if ahead <= 0:
         return service
     mean_units = state.outstanding_units / a if a else req.units
-    return service + ahead * mean_units / (rate * ep.slots)
+    return service + ahead * mean_units / (rate * slots)
 
 
 def s_predicted(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
@@ -200,10 +205,9 @@ class MaxScore(Picker):
         n = len(states)
         if not n:
             return None
-        self._turn = (self._turn + 1) % n
+        self._turn = turn = (self._turn + 1) % n
         best, best_score = None, -1.0
-        for k in range(n):
-            s = states[(self._turn + k) % n]
+        for s in (*states[turn:], *states[:turn]) if turn else states:
             v = score(s)
             s.score = v
             if v > best_score:

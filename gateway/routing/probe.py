@@ -183,6 +183,26 @@ def _rates(
     return queue_s, compute_s
 
 
+def split_background(state: EndpointState, gpu_util: float, now: float) -> None:
+    """Split a scraped GPU utilisation g into ours and everyone else's (x, the background).
+
+    Our busy share b is averaged over the time since the previous scrape (GPU utilisation is a
+    windowed average too: DCGM samples it over its collection interval). A GPU running other
+    work x and ours b of the time reports g = x + (1 - x) b, so x = (g - b) / (1 - b), clamped
+    to [0, 0.95]. When our work fills the GPU (b >= 0.95), g says nothing about x: keep the last.
+    """
+    state.account_busy(now)
+    area, at = state.busy_mark
+    b = (state.busy_area - area) / (now - at) if now > at else 0.0
+    state.busy_mark = (state.busy_area, now)
+    if b >= 0.95:
+        if state.background is not None:
+            state.background = (state.background[0], now)
+        return
+    x = (gpu_util - b) / (1.0 - b)
+    state.background = (min(0.95, max(0.0, x)), now)
+
+
 def _name(line: str) -> str:
     end = len(line)
     for sep in ("{", " "):
@@ -252,6 +272,11 @@ class LoadProbe:
         self._last[url] = sample
         for state in states:
             state.load = sample
+            # Latency feedback fades (half per scrape) unless completions renew it: an endpoint
+            # judged slow gets little traffic, so it must not stay judged slow on old evidence.
+            state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
+            if sample.gpu_util is not None:
+                split_background(state, sample.gpu_util, sample.at)
         self._on_scrape(url, True)
 
     async def run(self) -> None:

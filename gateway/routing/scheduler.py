@@ -26,7 +26,17 @@ from typing import NamedTuple
 
 from ..endpoints import EndpointState
 from .outlier import OutlierDetector, OutlierPolicy
-from .plugins import FILTERS, PICKERS, SCORERS, Context, Filter, Picker, RequestInfo, Scorer
+from .plugins import (
+    FILTERS,
+    PICKERS,
+    SCORERS,
+    Context,
+    Filter,
+    Picker,
+    RequestInfo,
+    Scorer,
+    predicted_seconds,
+)
 
 
 class ProfileSpec(NamedTuple):
@@ -65,6 +75,7 @@ class Profile:
         check_profile(name, spec)
         self.name = name
         self.filters: tuple[Filter, ...] = tuple(FILTERS[f] for f in spec.filters)
+        self.standard_filters = sorted(spec.filters) == ["not_ejected", "ready"]
         total = sum(spec.scorers.values()) or 1.0
         self.scorers: tuple[tuple[Scorer, float], ...] = tuple(
             (SCORERS[s], w / total) for s, w in spec.scorers.items() if w > 0
@@ -103,6 +114,7 @@ class Scheduler:
         self.outliers = OutlierDetector(outlier or OutlierPolicy())
         self.latency_alpha = latency_alpha
         self._profile_of_pool: dict[str, Profile] = {}
+        self.pool_slowness: dict[str, float] = {}  # pool -> slow EWMA of observed / predicted
 
     def profile_for(self, pool: str) -> Profile:
         profile = self._profile_of_pool.get(pool)
@@ -120,25 +132,56 @@ class Scheduler:
         """The endpoint for `req` among `candidates` (one model's endpoints, any pools)."""
         if not candidates:
             return None
-        ctx = Context(time.monotonic(), self.max_age_s)
+        now = time.monotonic()
+        ctx = Context(now, self.max_age_s)
         profile = self.profile_for(candidates[0].endpoint.pool)
-        filters = profile.filters
-        passing = [s for s in candidates if s not in exclude and all(f(s, req, ctx) for f in filters)]
+        if profile.standard_filters and not req.version:
+            # The usual filters (ready, not ejected), inlined: this loop runs per request over
+            # every candidate. EndpointState.ready_for's fast path, without the call.
+            model = req.model
+            passing = [s for s in candidates if s.live and model in s.ready_names and s.ejected_until <= now]
+            if not passing:  # models declared with versions take the general path
+                passing = [s for s in candidates if s.ready_for(model, "") and s.ejected_until <= now]
+            if exclude:
+                passing = [s for s in passing if s not in exclude]
+        else:
+            filters = profile.filters
+            passing = [s for s in candidates if s not in exclude and all(f(s, req, ctx) for f in filters)]
         if req.region:
             local = [s for s in passing if s.endpoint.region == req.region]
             passing = local or passing
+        if len(profile.scorers) == 1:
+            fn = profile.scorers[0][0]
+            return profile.picker.pick(passing, lambda s: fn(s, req, ctx))
         return profile.picker.pick(passing, lambda s: profile.score(s, req, ctx))
 
     # -- what the request path reports ----------------------------------------------------
-    def started(self, state: EndpointState, units: float) -> None:
+    def started(self, state: EndpointState, req: RequestInfo) -> float:
+        """A call goes to `state`; returns its predicted completion (for `finished`)."""
+        now = time.monotonic()
+        predicted = predicted_seconds(state, req, Context(now, self.max_age_s))
+        state.account_busy(now)
         state.in_flight += 1
-        state.outstanding_units += units
+        state.outstanding_units += req.units
+        return predicted
 
     def finished(
-        self, state: EndpointState, req: RequestInfo, seconds: float, ok: bool, endpoint_fault: bool
+        self,
+        state: EndpointState,
+        req: RequestInfo,
+        predicted: float,
+        seconds: float,
+        ok: bool,
+        endpoint_fault: bool,
     ) -> None:
         """`ok`: answered; `endpoint_fault`: failed in a way that says the endpoint is unwell
-        (unavailable, internal error, timeout), as opposed to the caller's mistake."""
+        (unavailable, internal error, timeout), as opposed to the caller's mistake.
+
+        Latency feedback: r = seconds / predicted is what one predicted unit-time really took
+        here. Its EWMA per endpoint (`slowness`), over the pool's EWMA, is the endpoint's
+        slowdown that the metrics do not explain (a GPU whose own work hides another tenant's:
+        utilisation is 100% either way); plugins.predicted_seconds multiplies by it."""
+        state.account_busy(time.monotonic())
         state.in_flight -= 1
         state.outstanding_units = max(0.0, state.outstanding_units - req.units)
         if ok and req.units > 0:
@@ -146,6 +189,14 @@ class Scheduler:
             old = state.latency.get(req.model)
             a = self.latency_alpha
             state.latency[req.model] = per_unit if old is None else old + a * (per_unit - old)
+            if predicted > 0:
+                r = seconds / predicted
+                state.slowness = r if not state.slowness else state.slowness + a * (r - state.slowness)
+                pool = state.endpoint.pool
+                base = self.pool_slowness.get(pool)
+                self.pool_slowness[pool] = r if base is None else base + 0.05 * (r - base)
+                state_factor = state.slowness / self.pool_slowness[pool]
+                state.slowdown = min(20.0, max(0.25, state_factor))
         if ok:
             self.outliers.success(state)
         elif endpoint_fault:
