@@ -113,6 +113,27 @@ class ProfileConfig(_Strict):
     picker: str = "max_score"
 
 
+class TargetConfig(_Strict):
+    model: str = Field(min_length=1)
+    version: str = ""
+    pool: str = ""  # "" = any pool that serves the model
+    weight: float = Field(default=1.0, gt=0)  # in `split` only
+
+
+class AliasConfig(_Strict):
+    """A model name callers use, mapped to a chain of targets (see gateway/routing/policy.py)."""
+
+    split: list[TargetConfig] = Field(default_factory=list)
+    fallback: list[TargetConfig] = Field(default_factory=list)
+    spill_on_deadline: bool = True
+
+    @model_validator(mode="after")
+    def _has_targets(self) -> AliasConfig:
+        if not self.split and not self.fallback:
+            raise ValueError("an alias needs `split` or `fallback` targets")
+        return self
+
+
 class RoutingConfig(_Strict):
     # Retry an idempotent call once on another endpoint when the first answers UNAVAILABLE.
     retry_unavailable: bool = True
@@ -126,6 +147,7 @@ class RoutingConfig(_Strict):
     load_probe: LoadProbeConfig = LoadProbeConfig()
     outlier: OutlierConfig = OutlierConfig()
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _profiles_exist(self) -> RoutingConfig:

@@ -24,6 +24,7 @@ from .errors import GatewayError
 from .metrics import Metrics
 from .routing.outlier import OutlierPolicy, RetryBudget
 from .routing.plugins import RequestInfo
+from .routing.policy import Alias, Policies, Target
 from .routing.scheduler import ProfileSpec, Scheduler
 from .validation import validate_embed, validate_generate, validate_infer
 
@@ -36,12 +37,15 @@ _ENDPOINT_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTER
 
 
 class Route(NamedTuple):
-    """Where a call went."""
+    """Where a call went: `model` answered it (the target of an alias); `skipped` says why
+    earlier targets of the alias's chain were passed over ("llama-70b: deadline")."""
 
     pool: str
     endpoint: str
     backend: str
     attempts: int
+    model: str = ""
+    skipped: tuple[str, ...] = ()
 
 
 class Routed(NamedTuple, Generic[T]):
@@ -73,6 +77,16 @@ class Director:
         self.retry_budget = RetryBudget(r.retry_budget.percent, r.retry_budget.min_per_s)
         self._costs = r.model_costs
         self._expected_output = r.expected_output_tokens
+        self.policies = Policies(
+            {
+                name: Alias(
+                    tuple((Target(t.model, t.version, t.pool), t.weight) for t in a.split),
+                    tuple(Target(t.model, t.version, t.pool) for t in a.fallback),
+                    a.spill_on_deadline,
+                )
+                for name, a in r.aliases.items()
+            }
+        )
 
     # -- complexity ---------------------------------------------------------------------
     def _cost(self, model: str, candidates: list[EndpointState]) -> float:
@@ -83,47 +97,68 @@ class Director:
                 return cost
         return self._costs.get(model, 1.0)
 
-    def _infer_units(self, call: InferCall, candidates: list[EndpointState]) -> float:
+    def _infer_units(self, call: InferCall, model: str, candidates: list[EndpointState]) -> float:
         """cost x batch: the first dimension of the first input (a batch of 32 costs 32x)."""
         shape = call.inputs[0].shape if call.inputs else ()
         items = shape[0] if shape and shape[0] > 0 else 1
-        return self._cost(call.model, candidates) * items
+        return self._cost(model, candidates) * items
 
-    def _generate_units(self, call: GenerateCall, candidates: list[EndpointState]) -> float:
+    def _generate_units(self, call: GenerateCall, model: str, candidates: list[EndpointState]) -> float:
         """cost x (prompt tokens + expected output tokens) / 1000; prompt tokens estimated as
         characters / 4 (no tokenizer on the request path), output = max_tokens or the default."""
         prompt = sum(len(m.text) for m in call.messages) / 4.0
         output = call.max_tokens or self._expected_output
-        return self._cost(call.model, candidates) * (prompt + output) / 1000.0
+        return self._cost(model, candidates) * (prompt + output) / 1000.0
 
     async def infer(self, call: InferCall, timeout: float, region: str = "") -> Routed[InferResult]:
         """Validate and run `call`; `timeout` is the caller's remaining time in seconds."""
         validate_infer(call, self._config.limits)
-        candidates = self._table.candidates(call.model, call.version)
-        req = RequestInfo(call.model, call.version, self._infer_units(call, candidates), region, timeout)
-        return await self._route(req, candidates, lambda a, t: a.infer(call, t))
+
+        def op(adapter: Adapter, t: float, target: Target) -> Awaitable[InferResult]:
+            if (target.model, target.version) != (call.model, call.version):  # an alias's target
+                return adapter.infer(call._replace(model=target.model, version=target.version, wire=None), t)
+            return adapter.infer(call, t)
+
+        return await self._route(
+            call.model, call.version, region, timeout, lambda m, c: self._infer_units(call, m, c), op
+        )
 
     async def model_metadata(self, model: str, version: str, timeout: float) -> Routed[ModelMetadata]:
         if not model:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
-        candidates = self._table.candidates(model, version)
-        req = RequestInfo(model, version, 0.0, "", timeout)
-        return await self._route(req, candidates, lambda a, t: a.model_metadata(model, version, t))
+        return await self._route(
+            model,
+            version,
+            "",
+            timeout,
+            lambda m, c: 0.0,
+            lambda a, t, g: a.model_metadata(g.model, g.version, t),
+        )
 
     async def generate(self, call: GenerateCall, timeout: float, region: str = "") -> Routed[GenerateResult]:
         validate_generate(call)
-        candidates = self._table.candidates(call.model, "")
-        req = RequestInfo(call.model, "", self._generate_units(call, candidates), region, timeout)
-        routed = await self._route(req, candidates, lambda a, t: _llm(a, call.model).generate(call, t))
+        routed = await self._route(
+            call.model,
+            "",
+            region,
+            timeout,
+            lambda m, c: self._generate_units(call, m, c),
+            lambda a, t, g: _llm(a, g.model).generate(call._replace(model=g.model), t),
+        )
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
     async def embed(self, call: EmbedCall, timeout: float, region: str = "") -> Routed[EmbedResult]:
         validate_embed(call)
-        candidates = self._table.candidates(call.model, "")
-        units = self._cost(call.model, candidates) * sum(len(t) for t in call.inputs) / 4000.0
-        req = RequestInfo(call.model, "", units, region, timeout)
-        routed = await self._route(req, candidates, lambda a, t: _llm(a, call.model).embed(call, t))
+        chars = sum(len(t) for t in call.inputs)
+        routed = await self._route(
+            call.model,
+            "",
+            region,
+            timeout,
+            lambda m, c: self._cost(m, c) * chars / 4000.0,
+            lambda a, t, g: _llm(a, g.model).embed(call._replace(model=g.model), t),
+        )
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
@@ -132,10 +167,13 @@ class Director:
     ) -> AsyncGenerator[tuple[StreamEvent, Route], None]:
         """Stream events with their route. A stream that fails before its first event is retried
         once on another endpoint (when retryable); one that fails later raises, and the usage
-        seen so far is counted."""
+        seen so far is counted. For an alias, the stream goes to the first target of its chain
+        that has a usable endpoint."""
         validate_generate(call)
-        candidates = self._table.candidates(call.model, "")
-        req = RequestInfo(call.model, "", self._generate_units(call, candidates), region, timeout)
+        target, candidates, skipped = self._stream_target(call.model)
+        if target.model != call.model:
+            call = call._replace(model=target.model)
+        req = RequestInfo(call.model, "", self._generate_units(call, call.model, candidates), region, timeout)
         deadline = time.monotonic() + timeout
         tried: list[EndpointState] = []
         last_error: BackendError | None = None
@@ -146,7 +184,7 @@ class Director:
                 raise self._no_endpoint(call.model, "", candidates, last_error)
             ep = state.endpoint
             tried.append(state)
-            route = Route(ep.pool, ep.id, ep.backend, len(tried))
+            route = Route(ep.pool, ep.id, ep.backend, len(tried), call.model, skipped)
             started = False
             predicted = self.scheduler.started(state, req)
             start = time.monotonic()
@@ -187,6 +225,24 @@ class Director:
                     outcome in _ENDPOINT_FAULTS,
                 )
 
+    def _stream_target(self, model: str) -> tuple[Target, list[EndpointState], tuple[str, ...]]:
+        chain, _ = self.policies.chain(model, "")
+        skipped: list[str] = []
+        for i, target in enumerate(chain):
+            try:
+                candidates = self._table.candidates(target.model, target.version)
+            except GatewayError:
+                if len(chain) == 1:
+                    raise
+                skipped.append(f"{target.model}: not found")
+                continue
+            if target.pool:
+                candidates = [s for s in candidates if s.endpoint.pool == target.pool]
+            if i == len(chain) - 1 or any(s.ready_for(target.model, target.version) for s in candidates):
+                return target, candidates, tuple(skipped)
+            skipped.append(f"{target.model}: down")
+        raise GatewayError(grpc.StatusCode.NOT_FOUND, f"no target of alias {model!r} exists")
+
     def model_ready(self, model: str, version: str) -> bool:
         try:
             states = self._table.candidates(model, version)
@@ -202,61 +258,115 @@ class Director:
 
     async def _route(
         self,
-        req: RequestInfo,
-        candidates: list[EndpointState],
-        op: Callable[[Adapter, float], Awaitable[T]],
+        model: str,
+        version: str,
+        region: str,
+        timeout: float,
+        units_for: Callable[[str, list[EndpointState]], float],
+        op: Callable[[Adapter, float, Target], Awaitable[T]],
     ) -> Routed[T]:
-        deadline = time.monotonic() + req.timeout_s
+        """Run `op` on the best endpoint for model/version, walking an alias's fallback chain.
+
+        Per target: pick by the pool's profile; spill to the next target when none is usable or
+        (spill-over) the pick's predicted completion misses the deadline; retry a retryable
+        failure once on another endpoint (this target's, else the next target's) when the retry
+        budget allows and time remains."""
+        chain, spill = self.policies.chain(model, version)
+        deadline = time.monotonic() + timeout
         tried: list[EndpointState] = []
+        skipped: list[str] = []
         last_error: BackendError | None = None
-        self.retry_budget.request(_pool_of(candidates))
-        while True:
-            state = self.scheduler.pick(candidates, req, tried)
-            if state is None:
-                raise self._no_endpoint(req.model, req.version, candidates, last_error)
-            ep = state.endpoint
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GatewayError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
-                )
-            tried.append(state)
-            predicted = self.scheduler.started(state, req)
-            start = time.monotonic()
+        first_candidates: list[EndpointState] | None = None
+        budgeted = False
+        for i, target in enumerate(chain):
+            last = i == len(chain) - 1
             try:
-                value = await op(state.adapter, remaining)
-            except BackendError as err:
-                elapsed = time.monotonic() - start
-                self.scheduler.finished(state, req, predicted, elapsed, False, err.code in _ENDPOINT_FAULTS)
-                self._metrics.backend_done(ep.pool, ep.id, err.code, elapsed)
-                if err.code == grpc.StatusCode.UNAVAILABLE:
-                    state.mark_down(f"call failed: {err.message}")
-                    self._on_endpoint_down(state)
-                retry = (
-                    err.retryable
-                    and self._config.routing.retry_unavailable
-                    and len(tried) < _MAX_ATTEMPTS
-                    and deadline - time.monotonic() > 0
-                    and self._retry_allowed(ep.pool)
-                )
-                if not retry:
-                    raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
-                self._metrics.retries.labels(ep.pool).inc()
-                last_error = err
+                candidates = self._table.candidates(target.model, target.version)
+            except GatewayError:
+                if len(chain) == 1:
+                    raise
+                skipped.append(f"{target.model}: not found")
                 continue
-            except BaseException:  # cancelled by the caller: the call is over, count it out
-                self.scheduler.finished(state, req, predicted, time.monotonic() - start, False, False)
-                raise
-            elapsed = time.monotonic() - start
-            self.scheduler.finished(state, req, predicted, elapsed, True, False)
-            self._metrics.backend_done(ep.pool, ep.id, _OK, elapsed)
-            return Routed(value, Route(ep.pool, ep.id, ep.backend, len(tried)))
+            if target.pool:
+                candidates = [s for s in candidates if s.endpoint.pool == target.pool]
+            if first_candidates is None:
+                first_candidates = candidates
+            req = RequestInfo(
+                target.model, target.version, units_for(target.model, candidates), region, timeout
+            )
+            if not budgeted:
+                self.retry_budget.request(_pool_of(candidates))
+                budgeted = True
+            while True:
+                state = self.scheduler.pick(candidates, req, tried)
+                if state is None:
+                    skipped.append(f"{target.model}: down")
+                    break
+                ep = state.endpoint
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GatewayError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
+                    )
+                if spill and not last:
+                    expected = self.scheduler.predicted_real_seconds(state, req)
+                    if expected is not None and expected > remaining:
+                        skipped.append(f"{target.model}: deadline")
+                        self._metrics.spills.labels(ep.pool, "deadline").inc()
+                        break
+                tried.append(state)
+                predicted = self.scheduler.started(state, req)
+                start = time.monotonic()
+                try:
+                    value = await op(state.adapter, remaining, target)
+                except BackendError as err:
+                    elapsed = time.monotonic() - start
+                    self.scheduler.finished(
+                        state, req, predicted, elapsed, False, err.code in _ENDPOINT_FAULTS
+                    )
+                    self._metrics.backend_done(ep.pool, ep.id, err.code, elapsed)
+                    if err.code == grpc.StatusCode.UNAVAILABLE:
+                        state.mark_down(f"call failed: {err.message}")
+                        self._on_endpoint_down(state)
+                    retry = (
+                        err.retryable
+                        and self._config.routing.retry_unavailable
+                        and len(tried) < _MAX_ATTEMPTS
+                        and deadline - time.monotonic() > 0
+                        and self._retry_allowed(ep.pool)
+                    )
+                    if not retry:
+                        raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
+                    self._metrics.retries.labels(ep.pool).inc()
+                    last_error = err
+                    continue
+                except BaseException:  # cancelled by the caller: the call is over, count it out
+                    self.scheduler.finished(state, req, predicted, time.monotonic() - start, False, False)
+                    raise
+                elapsed = time.monotonic() - start
+                self.scheduler.finished(state, req, predicted, elapsed, True, False)
+                self._metrics.backend_done(ep.pool, ep.id, _OK, elapsed)
+                if skipped and i > 0:
+                    self._metrics.spills.labels(ep.pool, "fallback").inc()
+                return Routed(
+                    value, Route(ep.pool, ep.id, ep.backend, len(tried), target.model, tuple(skipped))
+                )
+        raise self._no_endpoint(model, version, first_candidates or [], last_error, skipped)
 
     def _no_endpoint(
-        self, model: str, version: str, candidates: list[EndpointState], last_error: BackendError | None
+        self,
+        model: str,
+        version: str,
+        candidates: list[EndpointState],
+        last_error: BackendError | None,
+        skipped: list[str] | None = None,
     ) -> GatewayError:
         if last_error is not None:
             return GatewayError(last_error.code, last_error.message)
+        if skipped and len(skipped) > 1:
+            return GatewayError(
+                grpc.StatusCode.UNAVAILABLE, f"no target of {model!r} can serve now ({'; '.join(skipped)})"
+            )
         pools = sorted({s.endpoint.pool for s in candidates})
         what = f"model {model!r}" + (f" version {version!r}" if version else "")
         reasons = "; ".join(f"{s.endpoint.id}: {s.status_message}" for s in candidates[:5])

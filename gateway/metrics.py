@@ -68,6 +68,14 @@ class Metrics:
             ["pool", "endpoint"],
             registry=registry,
         )
+        self.spills = Counter(
+            "meshgate_spills_total",
+            "Alias targets passed over, by the pool that answered instead and reason"
+            " (deadline: predicted completion past the caller's deadline; fallback: answered by a"
+            " later target of the chain).",
+            ["pool", "reason"],
+            registry=registry,
+        )
         self.scrapes = Counter(
             "meshgate_load_scrapes_total",
             "Load probe scrapes of metrics URLs, by result (ok, error).",

@@ -311,6 +311,12 @@ class Gateway(Proc):
             raise RuntimeError(f"gateway exited early:\n{self.log()[-3000:]}")
         return re.search(r"meshgate: serving on", self.log()) is not None
 
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
     def health(self, service: str = "") -> int:
         with grpc.insecure_channel(self.address) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(

@@ -17,7 +17,7 @@ from meshgate.v1 import inference_pb2, models_pb2, models_pb2_grpc, tensor_pb2
 
 from tests.dcgm_standin import DCGMStandIn
 from tests.helpers import add_sub_request, infer
-from tests.procs import Gateway, Triton, wait_until
+from tests.procs import Gateway, Triton, free_ports, wait_until
 
 SCRAPE_S = 0.2
 
@@ -146,3 +146,84 @@ def test_heavy_work_goes_to_the_big_gpu_and_light_work_uses_free_slots(
             assert heavy.result().route.endpoint == "a"
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def chained(triton_a: Triton, triton_b: Triton) -> Iterator[Gateway]:
+    """Alias `sleepy`: pool primary (a, 1 slot) first, then pool backup (b); alias `rescue`: a
+    pool whose only endpoint is down, then backup."""
+    dead_port = free_ports(1)[0]
+    config = {
+        "pools": {
+            "primary": {
+                "endpoints": [
+                    {"id": "a", "address": triton_a.address, "backend": "triton", "models": ["sleep"]}
+                ]
+            },
+            "backup": {
+                "endpoints": [
+                    {"id": "b", "address": triton_b.address, "backend": "triton", "models": ["sleep"]}
+                ]
+            },
+            "dead": {
+                "endpoints": [
+                    {
+                        "id": "gone",
+                        "address": f"127.0.0.1:{dead_port}",
+                        "backend": "triton",
+                        "models": ["sleep"],
+                    }
+                ]
+            },
+        },
+        "routing": {
+            "aliases": {
+                "sleepy": {
+                    "fallback": [{"model": "sleep", "pool": "primary"}, {"model": "sleep", "pool": "backup"}]
+                },
+                "rescue": {
+                    "fallback": [{"model": "sleep", "pool": "dead"}, {"model": "sleep", "pool": "backup"}]
+                },
+            }
+        },
+    }
+    gw = Gateway(config).start()
+    gw.wait_serving("primary")
+    gw.wait_serving("backup")
+    yield gw
+    gw.stop()
+
+
+def _aliased(ms: int, alias: str) -> inference_pb2.InferRequest:
+    req = _sleep_request(ms)
+    req.model = alias
+    return req
+
+
+def test_fallback_chain_skips_a_pool_that_is_down(chained: Gateway) -> None:
+    with grpc.insecure_channel(chained.address) as ch:
+        resp = infer(ch, _aliased(1, "rescue"))
+    assert (resp.route.pool, resp.route.endpoint, resp.route.model) == ("backup", "b", "sleep")
+    assert list(resp.route.skipped) == ["sleep: down"]
+
+
+def test_deadline_aware_spill_over_to_the_next_pool(chained: Gateway) -> None:
+    """Primary runs one call at a time (300 ms each). With three queued there, a caller whose
+    deadline cannot wait spills to backup; a patient caller still queues on primary."""
+    with grpc.insecure_channel(chained.address) as ch:
+        for _ in range(3):  # the gateway learns what a unit costs in seconds on this pool
+            assert infer(ch, _aliased(300, "sleepy")).route.pool == "primary"
+        call = ch.unary_unary(
+            "/meshgate.v1.Inference/Infer",
+            request_serializer=inference_pb2.InferRequest.SerializeToString,
+            response_deserializer=inference_pb2.InferResponse.FromString,
+        )
+        fillers = [call.future(_aliased(300, "sleepy"), timeout=10) for _ in range(3)]
+        wait_until(lambda: _load(ch, "a", "sleep").in_flight == 3, 2, "three calls queued on primary")
+        hurried = infer(ch, _aliased(300, "sleepy"), timeout=0.8)
+        assert (hurried.route.pool, list(hurried.route.skipped)) == ("backup", ["sleep: deadline"])
+        patient = call.future(_aliased(300, "sleepy"), timeout=10)
+        assert patient.result().route.pool == "primary"
+        assert [f.result().route.pool for f in fillers] == ["primary"] * 3
+        metrics = chained.metrics_text()
+        assert 'meshgate_spills_total{pool="primary",reason="deadline"} 1.0' in metrics

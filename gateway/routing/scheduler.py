@@ -156,6 +156,14 @@ class Scheduler:
         return profile.picker.pick(passing, lambda s: profile.score(s, req, ctx))
 
     # -- what the request path reports ----------------------------------------------------
+    def predicted_real_seconds(self, state: EndpointState, req: RequestInfo) -> float | None:
+        """Predicted completion in seconds: predicted unit-time x the pool's observed seconds per
+        unit-time. None until the pool has answered a call (nothing to scale by yet)."""
+        scale = self.pool_slowness.get(state.endpoint.pool)
+        if scale is None:
+            return None
+        return predicted_seconds(state, req, Context(time.monotonic(), self.max_age_s)) * scale
+
     def started(self, state: EndpointState, req: RequestInfo) -> float:
         """A call goes to `state`; returns its predicted completion (for `finished`)."""
         now = time.monotonic()

@@ -42,7 +42,12 @@ def embed_call(req: Any) -> EmbedCall:
 
 def route_pb(route: Route) -> Any:
     return routing_pb2.RouteInfo(
-        pool=route.pool, endpoint=route.endpoint, backend=route.backend, attempts=route.attempts
+        pool=route.pool,
+        endpoint=route.endpoint,
+        backend=route.backend,
+        attempts=route.attempts,
+        model=route.model,
+        skipped=route.skipped,
     )
 
 

@@ -69,7 +69,12 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
         model_version=result.version,
         id=result.request_id,
         route=routing_pb2.RouteInfo(
-            pool=route.pool, endpoint=route.endpoint, backend=route.backend, attempts=route.attempts
+            pool=route.pool,
+            endpoint=route.endpoint,
+            backend=route.backend,
+            attempts=route.attempts,
+            model=route.model,
+            skipped=route.skipped,
         ),
     )
     for t in result.outputs:

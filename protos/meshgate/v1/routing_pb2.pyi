@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -25,13 +27,17 @@ class RoutingHints(_message.Message):
     def __init__(self, preferred_region: _Optional[str] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
 
 class RouteInfo(_message.Message):
-    __slots__ = ("pool", "endpoint", "backend", "attempts")
+    __slots__ = ("pool", "endpoint", "backend", "attempts", "model", "skipped")
     POOL_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     pool: str
     endpoint: str
     backend: str
     attempts: int
-    def __init__(self, pool: _Optional[str] = ..., endpoint: _Optional[str] = ..., backend: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    model: str
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pool: _Optional[str] = ..., endpoint: _Optional[str] = ..., backend: _Optional[str] = ..., attempts: _Optional[int] = ..., model: _Optional[str] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
