@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
             )
             q.add_argument("--output", action="append", default=[], help="output to return (default: all)")
             q.add_argument("--region", default="", help="preferred region")
+            q.add_argument("--prefer", choices=["latency", "cost"], default=None, help="routing preference")
             q.add_argument("--id", default="", help="request id")
     return p
 

@@ -135,7 +135,12 @@ def infer(args: argparse.Namespace) -> int:
         id=args.id,
         inputs=inputs,
         outputs=[inference_pb2.RequestedOutput(name=n) for n in args.output],
-        routing=routing_pb2.RoutingHints(preferred_region=args.region),
+        routing=routing_pb2.RoutingHints(
+            preferred_region=args.region,
+            prefer={"latency": routing_pb2.PREFERENCE_LATENCY, "cost": routing_pb2.PREFERENCE_COST}.get(
+                args.prefer or "", routing_pb2.PREFERENCE_UNSPECIFIED
+            ),
+        ),
     )
     with grpc.insecure_channel(target := args.target) as channel:
         try:
@@ -154,6 +159,8 @@ def infer(args: argparse.Namespace) -> int:
                 "endpoint": route.endpoint,
                 "backend": route.backend,
                 "attempts": route.attempts,
+                "model": route.model,
+                "skipped": list(route.skipped),
             },
             "outputs": [
                 {
@@ -169,6 +176,8 @@ def infer(args: argparse.Namespace) -> int:
         return 0
     version = f" v{resp.model_version}" if resp.model_version else ""
     print(f"{resp.model}{version} via {route.pool}/{route.endpoint} ({route.backend}, {target})")
+    if route.skipped:
+        print(f"  passed over: {', '.join(route.skipped)}")
     for t, v in zip(resp.outputs, outputs.values(), strict=True):
         dtype = tensor_pb2.DataType.Name(t.datatype).removeprefix("DATA_TYPE_")
         print(

@@ -110,7 +110,9 @@ class Director:
         output = call.max_tokens or self._expected_output
         return self._cost(model, candidates) * (prompt + output) / 1000.0
 
-    async def infer(self, call: InferCall, timeout: float, region: str = "") -> Routed[InferResult]:
+    async def infer(
+        self, call: InferCall, timeout: float, region: str = "", prefer: str = ""
+    ) -> Routed[InferResult]:
         """Validate and run `call`; `timeout` is the caller's remaining time in seconds."""
         validate_infer(call, self._config.limits)
 
@@ -135,7 +137,9 @@ class Director:
             lambda a, t, g: a.model_metadata(g.model, g.version, t),
         )
 
-    async def generate(self, call: GenerateCall, timeout: float, region: str = "") -> Routed[GenerateResult]:
+    async def generate(
+        self, call: GenerateCall, timeout: float, region: str = "", prefer: str = ""
+    ) -> Routed[GenerateResult]:
         validate_generate(call)
         routed = await self._route(
             call.model,
@@ -144,11 +148,14 @@ class Director:
             timeout,
             lambda m, c: self._generate_units(call, m, c),
             lambda a, t, g: _llm(a, g.model).generate(call._replace(model=g.model), t),
+            prefer,
         )
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
-    async def embed(self, call: EmbedCall, timeout: float, region: str = "") -> Routed[EmbedResult]:
+    async def embed(
+        self, call: EmbedCall, timeout: float, region: str = "", prefer: str = ""
+    ) -> Routed[EmbedResult]:
         validate_embed(call)
         chars = sum(len(t) for t in call.inputs)
         routed = await self._route(
@@ -158,12 +165,13 @@ class Director:
             timeout,
             lambda m, c: self._cost(m, c) * chars / 4000.0,
             lambda a, t, g: _llm(a, g.model).embed(call._replace(model=g.model), t),
+            prefer,
         )
         self._metrics.tokens(routed.route.pool, routed.value.usage)
         return routed
 
     async def generate_stream(
-        self, call: GenerateCall, timeout: float, region: str = ""
+        self, call: GenerateCall, timeout: float, region: str = "", prefer: str = ""
     ) -> AsyncGenerator[tuple[StreamEvent, Route], None]:
         """Stream events with their route. A stream that fails before its first event is retried
         once on another endpoint (when retryable); one that fails later raises, and the usage
@@ -173,7 +181,9 @@ class Director:
         target, candidates, skipped = self._stream_target(call.model)
         if target.model != call.model:
             call = call._replace(model=target.model)
-        req = RequestInfo(call.model, "", self._generate_units(call, call.model, candidates), region, timeout)
+        req = RequestInfo(
+            call.model, "", self._generate_units(call, call.model, candidates), region, timeout, prefer
+        )
         deadline = time.monotonic() + timeout
         tried: list[EndpointState] = []
         last_error: BackendError | None = None
@@ -264,6 +274,7 @@ class Director:
         timeout: float,
         units_for: Callable[[str, list[EndpointState]], float],
         op: Callable[[Adapter, float, Target], Awaitable[T]],
+        prefer: str = "",
     ) -> Routed[T]:
         """Run `op` on the best endpoint for model/version, walking an alias's fallback chain.
 

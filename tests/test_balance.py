@@ -16,6 +16,7 @@ import tritonclient.grpc as tc
 from meshgate.v1 import inference_pb2, models_pb2, models_pb2_grpc, tensor_pb2
 
 from tests.dcgm_standin import DCGMStandIn
+from tests.flaky_backend import FlakyBackend
 from tests.helpers import add_sub_request, infer
 from tests.procs import Gateway, Triton, free_ports, wait_until
 
@@ -227,3 +228,38 @@ def test_deadline_aware_spill_over_to_the_next_pool(chained: Gateway) -> None:
         assert [f.result().route.pool for f in fillers] == ["primary"] * 3
         metrics = chained.metrics_text()
         assert 'meshgate_spills_total{pool="primary",reason="deadline"} 1.0' in metrics
+
+
+def test_a_failing_endpoint_is_ejected_and_comes_back(triton_a: Triton) -> None:
+    flaky = FlakyBackend()
+    eps = [
+        {"id": "a", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]},
+        {"id": "flaky", "address": flaky.address, "backend": "kserve_v2", "models": ["add_sub"]},
+    ]
+    outlier = {"consecutive_failures": 3, "base_ejection_s": 1.5}
+    gw = Gateway({"pools": {"gpu": {"endpoints": eps}}, "routing": {"outlier": outlier}}).start()
+    try:
+        gw.wait_serving("gpu")
+        flaky.failing = True
+        with grpc.insecure_channel(gw.address) as ch:
+            codes: Counter[str] = Counter()
+            for _ in range(30):
+                try:
+                    codes[infer(ch, add_sub_request([1.0], [2.0])).route.endpoint] += 1
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.INTERNAL and "illegal memory access" in (
+                        err.details() or ""
+                    )
+                    codes["failed"] += 1
+            assert codes["failed"] == 3 and flaky.calls == 3, codes  # then ejected: a takes the rest
+            shown = _load(ch, "flaky")
+            assert shown.ejected and shown.ready  # ready by its own account, out by ours
+            assert 'meshgate_outlier_ejections_total{endpoint="flaky",pool="gpu"} 1.0' in gw.metrics_text()
+            flaky.failing = False
+            time.sleep(1.6)  # the ejection runs out
+            back = _routes(ch, 20)
+            assert back["flaky"] >= 5, back
+            assert not _load(ch, "flaky").ejected
+    finally:
+        gw.stop()
+        flaky.close()

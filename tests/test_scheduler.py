@@ -254,3 +254,18 @@ def test_parse_dcgm_and_vllm_pages_and_reject_garbage() -> None:
     assert (v.queue, v.running, v.kv_cache, v.queue_for("llama")) == (7, 3, pytest.approx(0.42), 7)
     with pytest.raises(ValueError):
         parse_page('nv_gpu_utilization{gpu_uuid="x" 0.5\n', names["triton"], 0.0, None)
+
+
+def test_prefer_cost_takes_half_the_score_from_price() -> None:
+    from dataclasses import replace
+
+    cheap, dear = state("cheap"), state("dear")
+    dear.endpoint = replace(dear.endpoint, meta={"price_in_per_1k": "0.1", "price_out_per_1k": "0.15"})
+    assert plugins.s_price(dear, req(), CTX) == pytest.approx(0.8)
+    assert plugins.s_price(cheap, req(), CTX) == 1.0
+    sched = Scheduler()
+    by_cost = RequestInfo("m", "", 1.0, "", 1.0, "cost")
+    assert all(sched.pick([dear, cheap], by_cost) is cheap for _ in range(10))
+    assert {sched.pick([dear, cheap], req()).endpoint.id for _ in range(10)} == {"cheap", "dear"}  # type: ignore[union-attr]
+    cheap.in_flight, cheap.outstanding_units = 4, 32.0  # 33x slower now: speed outweighs a 20% price gap
+    assert sched.pick([dear, cheap], by_cost) is dear

@@ -27,6 +27,7 @@ class RequestInfo(NamedTuple):
     units: float  # complexity units (cost per item x items, or per 1k tokens x tokens / 1000)
     region: str = ""
     timeout_s: float = 0.0  # the caller's remaining time; 0 = unknown
+    prefer: str = ""  # "" | "latency" | "cost" (RoutingHints.prefer)
 
 
 class Context(NamedTuple):

@@ -36,6 +36,7 @@ from .plugins import (
     RequestInfo,
     Scorer,
     predicted_seconds,
+    s_price,
 )
 
 
@@ -150,6 +151,10 @@ class Scheduler:
         if req.region:
             local = [s for s in passing if s.endpoint.region == req.region]
             passing = local or passing
+        if req.prefer == "cost":  # half the score from price (RoutingHints.prefer)
+            return profile.picker.pick(
+                passing, lambda s: 0.5 * profile.score(s, req, ctx) + 0.5 * s_price(s, req, ctx)
+            )
         if len(profile.scorers) == 1:
             fn = profile.scorers[0][0]
             return profile.picker.pick(passing, lambda s: fn(s, req, ctx))

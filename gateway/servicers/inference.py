@@ -62,6 +62,14 @@ def _set_params(params: Any, target: Any) -> None:
             p.string_value = value
 
 
+_PREFER = {routing_pb2.PREFERENCE_LATENCY: "latency", routing_pb2.PREFERENCE_COST: "cost"}
+
+
+def hints(routing: Any) -> tuple[str, str]:
+    """RoutingHints -> (preferred region, preference: '' | 'latency' | 'cost')."""
+    return routing.preferred_region, _PREFER.get(routing.prefer, "")
+
+
 def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> Any:
     """InferResult -> InferResponse; `typed` turns raw outputs into typed contents."""
     resp = inference_pb2.InferResponse(
@@ -102,7 +110,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             call = call_from_pb(request)
             routed = await self._director.infer(
-                call, call_timeout(context, self._server), request.routing.preferred_region
+                call, call_timeout(context, self._server), *hints(request.routing)
             )
         except GatewayError as err:
             await fail("Infer", self._metrics, context, err, start)
@@ -115,7 +123,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         start = time.monotonic()
         try:
             routed = await self._director.generate(
-                generate_call(request), call_timeout(context, self._server), request.routing.preferred_region
+                generate_call(request), call_timeout(context, self._server), *hints(request.routing)
             )
         except GatewayError as err:
             await fail("Generate", self._metrics, context, err, start)
@@ -136,7 +144,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         adapter's stream is closed, which closes the upstream HTTP request."""
         start = time.monotonic()
         stream = self._director.generate_stream(
-            generate_call(request), call_timeout(context, self._server), request.routing.preferred_region
+            generate_call(request), call_timeout(context, self._server), *hints(request.routing)
         )
         try:
             async for event, route in stream:
@@ -154,7 +162,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         start = time.monotonic()
         try:
             routed = await self._director.embed(
-                embed_call(request), call_timeout(context, self._server), request.routing.preferred_region
+                embed_call(request), call_timeout(context, self._server), *hints(request.routing)
             )
         except GatewayError as err:
             await fail("Embed", self._metrics, context, err, start)

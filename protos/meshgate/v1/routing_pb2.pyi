@@ -7,24 +7,35 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Preference(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PREFERENCE_UNSPECIFIED: _ClassVar[Preference]
+    PREFERENCE_LATENCY: _ClassVar[Preference]
+    PREFERENCE_COST: _ClassVar[Preference]
+
 class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CACHE_MODE_UNSPECIFIED: _ClassVar[CacheMode]
     CACHE_MODE_USE: _ClassVar[CacheMode]
     CACHE_MODE_BYPASS: _ClassVar[CacheMode]
     CACHE_MODE_REFRESH: _ClassVar[CacheMode]
+PREFERENCE_UNSPECIFIED: Preference
+PREFERENCE_LATENCY: Preference
+PREFERENCE_COST: Preference
 CACHE_MODE_UNSPECIFIED: CacheMode
 CACHE_MODE_USE: CacheMode
 CACHE_MODE_BYPASS: CacheMode
 CACHE_MODE_REFRESH: CacheMode
 
 class RoutingHints(_message.Message):
-    __slots__ = ("preferred_region", "cache_mode")
+    __slots__ = ("preferred_region", "cache_mode", "prefer")
     PREFERRED_REGION_FIELD_NUMBER: _ClassVar[int]
     CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
+    PREFER_FIELD_NUMBER: _ClassVar[int]
     preferred_region: str
     cache_mode: CacheMode
-    def __init__(self, preferred_region: _Optional[str] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
+    prefer: Preference
+    def __init__(self, preferred_region: _Optional[str] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., prefer: _Optional[_Union[Preference, str]] = ...) -> None: ...
 
 class RouteInfo(_message.Message):
     __slots__ = ("pool", "endpoint", "backend", "attempts", "model", "skipped")
