@@ -11,7 +11,7 @@ VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream bench-balance servers system-deps test-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream bench-balance bench-des servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-discovery Consul change -> routing latency, cost of 1,000 endpoints"
 	@echo "make bench-stream   LLM token streaming through meshgate vs direct"
 	@echo "make bench-balance  routing policies compared on simulated GPU backends"
+	@echo "make bench-des      the policies at 1,000 backends x 3 replicas (simulation)"
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +83,11 @@ bench-stream: venv
 bench-balance: venv
 	$(BIN)/pip install --quiet '.[bench]'
 	$(BIN)/python -m bench.balance $(BENCH_ARGS)
+
+# The same policies at 1,000 backends x 3 gateway replicas, simulated (meshgate's scheduler code
+# on a simulated clock): herding on a stale shared snapshot, and decision cost at that size.
+bench-des: venv
+	$(BIN)/python -m bench.des $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

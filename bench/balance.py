@@ -236,6 +236,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--unit-ms", type=float, default=40.0)
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--phases", default="", help="comma list of phase names to run (default: all)")
     args = ap.parse_args()
     caps = [float(c) for c in args.capacities.split(",")]
     spec = {"unit_s": args.unit_ms / 1000, "backends": [{"capacity": c, "slots": args.slots} for c in caps]}
@@ -250,6 +251,8 @@ def main() -> int:
         "70% jump": (0.7, [(s / 3, fast, 0.6)]),
         "70% toggle": (0.7, [(t, fast, 0.6 if k % 2 == 0 else 0.0) for k, t in enumerate(_steps(2.0, s))]),
     }
+    if args.phases:
+        phases = {k: v for k, v in phases.items() if k in args.phases.split(",")}
     policies = args.policies.split(",")
     print(
         f"backends: capacities {caps}, {args.slots} slots, {args.unit_ms:g} ms per unit; mix 80% cost 1 / 20% cost 8;"
@@ -297,7 +300,8 @@ def main() -> int:
     report = _report(results, list(phases), policies, decision_cost())
     OUT.mkdir(parents=True, exist_ok=True)
     if set(POLICIES) <= set(policies):
-        report += "\n" + plot(results, ["70%", "90%", "70% toggle"], OUT / "balance.png") + "\n"
+        shown = [p for p in ("70%", "90%", "70% toggle") if p in phases]
+        report += "\n" + plot(results, shown, OUT / "balance.png") + "\n"
     (OUT / "balance.md").write_text(report)
     print(report)
     return 0
@@ -329,7 +333,7 @@ def _report(
                     f"| {phase} | {policy} | {r['p50']:.0f} | {r['p99']:.0f} | {r['light_p99']:.0f} | {r['heavy_p99']:.0f}"
                     f" | {r['throughput']:.1f} | {r['misses']} |"
                 )
-    if {"default", "weighted_least_request", "p2c_inflight"} <= set(policies):
+    if {"default", "weighted_least_request", "p2c_inflight"} <= set(policies) and phases:
         lines += [
             "",
             "| phase | p99 vs WLR (<= 0.85) | p99 vs P2C (<= 0.75) | p50 vs WLR (<= 1.1) | throughput vs WLR |",

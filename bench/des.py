@@ -70,7 +70,11 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
     capacity_units = sum(b.capacity * b.slots for b in backends) / UNIT_S
     rate = load * capacity_units / 2.4
     scheduler_mod.time = Clock  # type: ignore[assignment]  # the scheduler reads the simulated clock
-    profiles = {"default_p2c": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "p2c")}
+    profiles = {
+        "predicted_max": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "max_score"),
+        "predicted_p2c": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "p2c"),
+        "predicted_best_of_k": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "best_of_k"),
+    }
     views = []
     for _ in range(replicas):
         states = []
@@ -176,7 +180,10 @@ def main() -> int:
     ap.add_argument("--backends", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6.0, help="simulated seconds per run")
-    ap.add_argument("--policies", default="p2c_inflight,weighted_least_request,default,default_p2c")
+    ap.add_argument(
+        "--policies",
+        default="p2c_inflight,weighted_least_request,predicted_max,predicted_p2c,predicted_best_of_k",
+    )
     args = ap.parse_args()
     lines = [
         f"{args.backends} backends, {args.replicas} replicas, {args.seconds:g} simulated s per run",

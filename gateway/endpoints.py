@@ -49,7 +49,6 @@ class EndpointState:
         "ready_names",
         "score",
         "slowdown",
-        "slowness",
         "status_message",
     )
 
@@ -78,9 +77,9 @@ class EndpointState:
         self.busy_since = time.monotonic()
         self.busy_mark = (0.0, self.busy_since)
         self.background: tuple[float, float] | None = None
-        # EWMA of observed seconds / predicted units-time for calls here (see Scheduler.finished).
-        self.slowness = 0.0
-        self.slowdown = 1.0  # slowness / the pool's: > 1 = slower than the metrics explain
+        # EWMA of (observed / predicted time) over the pool's: > 1 = slower than the metrics
+        # explain (see Scheduler.finished).
+        self.slowdown = 1.0
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
         self.status_message = "not checked yet"
 

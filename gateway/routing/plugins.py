@@ -118,7 +118,11 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     """Predicted completion of this request at e, in units of "one unit on an idle cap-1 GPU".
 
     rate = cap x (1 - x) / d                   (x: background_util; d: state.slowdown, latency
-                                                feedback for what the metrics do not explain)
+                                                feedback for what the metrics do not explain;
+                                                1 inside the dead band 0.8..1.25, and 1 while
+                                                nothing of ours runs there: idle, the GPU's
+                                                utilisation shows its background itself, and
+                                                equal idle endpoints share the traffic)
     service = u / rate
     wait = 0 while a free slot exists (a < slots): light work must not queue behind a slow idle
            GPU's empty slots, nor skip them either;
@@ -138,7 +142,10 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     if load is not None and ctx.now - load.at <= ctx.max_age_s:
         mq = load.model_queue
         q = mq.get(req.model, 0.0) if mq else (load.queue or 0.0)
-    rate = ep.capacity * (1.0 - x) / state.slowdown
+    d = state.slowdown
+    if a == 0 or 0.8 < d < 1.25:  # idle (the metrics speak for it), or within the noise
+        d = 1.0
+    rate = ep.capacity * (1.0 - x) / d
     service = req.units / rate
     ahead: float = a - slots + 1
     if q > ahead:
@@ -235,6 +242,38 @@ class PowerOfTwo(Picker):
         return a if a.score >= b.score else b
 
 
+class BestOfK(Picker):
+    """The highest score among k candidates drawn at random (all of them when n <= k).
+
+    O(k) per decision however big the pool, and replicas deciding from the same scraped snapshot
+    draw different samples, so they do not all pile onto the endpoint that looked best at the last
+    scrape (max_score over a shared stale view herds; p2c gives up too much quality)."""
+
+    name = "best_of_k"
+    k = 8
+
+    def pick(
+        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
+    ) -> EndpointState | None:
+        n = len(states)
+        if n <= self.k:
+            best, best_score = None, -1.0
+            self._turn = turn = (self._turn + 1) % max(n, 1)
+            for s in (*states[turn:], *states[:turn]) if turn else states:
+                v = score(s)
+                s.score = v
+                if v > best_score:
+                    best, best_score = s, v
+            return best
+        best, best_score = None, -1.0
+        for s in self._rng.sample(states, self.k):
+            v = score(s)
+            s.score = v
+            if v > best_score:
+                best, best_score = s, v
+        return best
+
+
 class RoundRobin(Picker):
     """Each candidate in turn, scores ignored (reference policy)."""
 
@@ -262,4 +301,9 @@ SCORERS: Mapping[str, Scorer] = {
     "latency": s_latency,
     "price": s_price,
 }
-PICKERS: Mapping[str, type[Picker]] = {"max_score": MaxScore, "p2c": PowerOfTwo, "round_robin": RoundRobin}
+PICKERS: Mapping[str, type[Picker]] = {
+    "max_score": MaxScore,
+    "best_of_k": BestOfK,
+    "p2c": PowerOfTwo,
+    "round_robin": RoundRobin,
+}

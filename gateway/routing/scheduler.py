@@ -8,8 +8,10 @@ Built-in profiles (a config `routing.profiles` entry with the same name replaces
     least_inflight           max 1/(1+a)
     p2c_inflight             two at random, fewer in flight wins (Envoy least_request default)
     weighted_least_request   max cap/(a+1) (Envoy least_request with weights)
-    default                  max predicted completion (plugins.s_predicted): capacity, free batch
-                             slots, complexity in flight, scraped queue and GPU background load
+    default                  best predicted completion (plugins.s_predicted: capacity, free batch
+                             slots, complexity in flight, scraped queue, GPU background load,
+                             latency feedback) among all candidates, or 8 drawn at random in
+                             pools of more than 8 (best_of_k: O(1), and replicas do not herd)
 
 A request names a preferred region as a soft constraint: the best endpoint in that region wins
 while one passes the filters; the `region` filter makes it hard.
@@ -51,7 +53,7 @@ BUILTIN_PROFILES: Mapping[str, ProfileSpec] = {
     "least_inflight": ProfileSpec(("ready", "not_ejected"), {"inflight": 1.0}, "max_score"),
     "p2c_inflight": ProfileSpec(("ready", "not_ejected"), {"inflight": 1.0}, "p2c"),
     "weighted_least_request": ProfileSpec(("ready", "not_ejected"), {"weighted_inflight": 1.0}, "max_score"),
-    "default": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "max_score"),
+    "default": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "best_of_k"),
 }
 
 
@@ -191,9 +193,10 @@ class Scheduler:
         (unavailable, internal error, timeout), as opposed to the caller's mistake.
 
         Latency feedback: r = seconds / predicted is what one predicted unit-time really took
-        here. Its EWMA per endpoint (`slowness`), over the pool's EWMA, is the endpoint's
-        slowdown that the metrics do not explain (a GPU whose own work hides another tenant's:
-        utilisation is 100% either way); plugins.predicted_seconds multiplies by it."""
+        here; r over the pool's (slow) EWMA of r, averaged per endpoint (`slowdown`, from 1), is
+        the slowdown that the metrics do not explain (a GPU whose own work hides another
+        tenant's: utilisation is 100% either way). plugins.predicted_seconds divides the rate by
+        it outside a +-20% dead band; the probe fades it toward 1 every scrape."""
         state.account_busy(time.monotonic())
         state.in_flight -= 1
         state.outstanding_units = max(0.0, state.outstanding_units - req.units)
@@ -204,12 +207,16 @@ class Scheduler:
             state.latency[req.model] = per_unit if old is None else old + a * (per_unit - old)
             if predicted > 0:
                 r = seconds / predicted
-                state.slowness = r if not state.slowness else state.slowness + a * (r - state.slowness)
                 pool = state.endpoint.pool
                 base = self.pool_slowness.get(pool)
-                self.pool_slowness[pool] = r if base is None else base + 0.05 * (r - base)
-                state_factor = state.slowness / self.pool_slowness[pool]
-                state.slowdown = min(20.0, max(0.25, state_factor))
+                if base is None:
+                    base = self.pool_slowness[pool] = r
+                # The pool's baseline learns from calls that went as predicted, and barely from
+                # the outliers it exists to expose (a slowed GPU must not move it).
+                ratio = r / base
+                base = self.pool_slowness[pool] = base + (0.05 if 0.8 < ratio < 1.25 else 0.005) * (r - base)
+                ratio = min(20.0, max(0.25, r / base))
+                state.slowdown += a * (ratio - state.slowdown)
         if ok:
             self.outliers.success(state)
         elif endpoint_fault:
