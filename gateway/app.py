@@ -48,7 +48,9 @@ class Gateway:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_state: dict[str, bool] = {}
         self.table = EndpointTable(
-            default_adapter_maker(config.server.max_message_bytes), self._on_table_change
+            default_adapter_maker(config.server.max_message_bytes),
+            self._on_table_change,
+            config.routing.gpu_capacity,
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
         self.director = Director(config, self.table, self.metrics, lambda s: self.readiness.check_soon([s]))

@@ -148,6 +148,8 @@ class RoutingConfig(_Strict):
     outlier: OutlierConfig = OutlierConfig()
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     aliases: dict[str, AliasConfig] = Field(default_factory=dict)
+    # GPU class (Consul Meta / endpoint `gpu`) -> capacity, for endpoints that give no capacity.
+    gpu_capacity: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _profiles_exist(self) -> RoutingConfig:
@@ -180,6 +182,7 @@ class EndpointConfig(_Strict):
     region: str = ""
     metrics_url: str = ""
     capacity: float = Field(default=1.0, gt=0)
+    gpu: str = ""  # GPU class; sets the capacity from routing.gpu_capacity when capacity is not given
     slots: int = Field(default=1, ge=1)  # requests the server runs at once
     costs: dict[str, float] = Field(default_factory=dict)  # model -> complexity units per item
     # HTTP backends (openai, vllm): base URL (default http://<address>/v1), and where the API key
@@ -263,9 +266,11 @@ class Config(_Strict):
                         region=e.region,
                         metrics_url=e.metrics_url,
                         capacity=e.capacity,
+                        gpu=e.gpu,
                         slots=e.slots,
                         costs=e.costs,
                         meta=e.meta
+                        | ({"capacity": str(e.capacity)} if "capacity" in e.model_fields_set else {})
                         | {
                             k: v
                             for k, v in (

@@ -6,9 +6,10 @@ reading and writing a field (in_flight += 1 is atomic with respect to other task
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
@@ -134,9 +135,12 @@ class EndpointTable:
         self,
         make_adapter: AdapterMaker,
         on_change: Callable[[list[EndpointState]], None] = lambda added: None,
+        gpu_capacity: Mapping[str, float] | None = None,
     ) -> None:
         self._make_adapter = make_adapter
         self._on_change = on_change
+        # GPU class -> capacity, for endpoints that name their GPU (Meta `gpu`) but no capacity.
+        self._gpu_capacity = dict(gpu_capacity or {})
         self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
         self._by_model: dict[str, list[EndpointState]] = {}
@@ -148,6 +152,8 @@ class EndpointTable:
         wanted: dict[tuple[str, str], Endpoint] = {}
         for (_, pool), eps in sorted(self._by_source.items()):
             for ep in eps:
+                if "capacity" not in ep.meta and ep.gpu in self._gpu_capacity:
+                    ep = dataclasses.replace(ep, capacity=self._gpu_capacity[ep.gpu])
                 wanted.setdefault((pool, ep.id), ep)
         for key in [k for k in self._states if k not in wanted]:
             state = self._states.pop(key)

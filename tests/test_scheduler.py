@@ -269,3 +269,43 @@ def test_prefer_cost_takes_half_the_score_from_price() -> None:
     assert {sched.pick([dear, cheap], req()).endpoint.id for _ in range(10)} == {"cheap", "dear"}  # type: ignore[union-attr]
     cheap.in_flight, cheap.outstanding_units = 4, 32.0  # 33x slower now: speed outweighs a 20% price gap
     assert sched.pick([dear, cheap], by_cost) is dear
+
+
+def test_gpu_class_sets_capacity_unless_given() -> None:
+    from discovery import PoolSnapshot
+    from gateway.endpoints import EndpointTable
+
+    table = EndpointTable(lambda ep: None, gpu_capacity={"a100-80g": 4.0})  # type: ignore[arg-type,return-value]
+    by_class = Endpoint(
+        id="x", pool="p", host="h", port=1, backend="triton", models=(ModelRef("m"),), gpu="a100-80g"
+    )
+    explicit = Endpoint(
+        id="y",
+        pool="p",
+        host="h",
+        port=2,
+        backend="triton",
+        models=(ModelRef("m"),),
+        gpu="a100-80g",
+        capacity=2.0,
+        meta={"capacity": "2"},
+    )
+    unknown = Endpoint(
+        id="z", pool="p", host="h", port=3, backend="triton", models=(ModelRef("m"),), gpu="t4"
+    )
+    table.apply(PoolSnapshot(source="s", pool="p", endpoints=(by_class, explicit, unknown)))
+    assert {s.endpoint.id: s.endpoint.capacity for s in table.states()} == {"x": 4.0, "y": 2.0, "z": 1.0}
+
+
+def test_alias_split_follows_weights_then_the_fallback_chain() -> None:
+    import random
+
+    from gateway.routing.policy import Alias, Policies, Target
+
+    canary, stable, small = Target("llm", "2"), Target("llm", "1"), Target("llm-small", "", "cpu")
+    policies = Policies({"chat": Alias(((canary, 1.0), (stable, 9.0)), (small,))}, random.Random(3))
+    firsts = Counter(policies.chain("chat", "")[0][0] for _ in range(2000))
+    assert 150 <= firsts[canary] <= 250 and firsts[canary] + firsts[stable] == 2000
+    chain, spill = policies.chain("chat", "")
+    assert chain[1:] == (small,) and spill
+    assert policies.chain("plain", "3") == ((Target("plain", "3"),), False)  # not an alias
