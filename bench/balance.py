@@ -53,7 +53,8 @@ def gateway_config(
         {
             "id": f"gpu{i}-x{b['capacity']:g}",
             "address": f"127.0.0.1:{ports['grpc']}",
-            "backend": "kserve_v2",
+            # KServe v2 servers; `triton` so that the probe reads their Triton-format queue gauge.
+            "backend": "triton",
             "models": ["light", "heavy"],
             "capacity": b["capacity"],
             "slots": b["slots"],

@@ -26,7 +26,7 @@ from discovery import Endpoint, ModelRef
 from gateway.endpoints import EndpointState
 from gateway.routing import scheduler as scheduler_mod
 from gateway.routing.plugins import RequestInfo
-from gateway.routing.probe import LoadSample, split_background
+from gateway.routing.probe import LoadSample, observe
 from gateway.routing.scheduler import ProfileSpec, Scheduler
 
 UNIT_S = 0.4  # one unit on a capacity-1 GPU (slower than bench-balance: fewer events per second)
@@ -157,9 +157,7 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
             pages = [b.scrape(now) for b in backends]
             for _, states in views:
                 for s, (util, queue) in zip(states, pages, strict=True):
-                    s.load = LoadSample(at=now, gpu_util=util, queue=queue)
-                    s.slowdown = 1.0 + (s.slowdown - 1.0) * 0.5
-                    split_background(s, util, now)
+                    observe(s, LoadSample(at=now, gpu_util=util, queue=queue))
         elif kind == "toggle":
             for i in togglers:
                 backends[i].account(now)

@@ -47,6 +47,7 @@ class EndpointState:
         "live",
         "load",
         "outstanding_units",
+        "queued_at_scrape",
         "ready_names",
         "score",
         "slowdown",
@@ -81,6 +82,7 @@ class EndpointState:
         # EWMA of (observed / predicted time) over the pool's: > 1 = slower than the metrics
         # explain (see Scheduler.finished).
         self.slowdown = 1.0
+        self.queued_at_scrape = 0  # our calls waiting at the endpoint when it was last scraped
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
         self.status_message = "not checked yet"
 

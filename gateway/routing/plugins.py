@@ -126,7 +126,9 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     service = u / rate
     wait = 0 while a free slot exists (a < slots): light work must not queue behind a slow idle
            GPU's empty slots, nor skip them either;
-         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(a - slots + 1, q)
+         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(a - slots + 1, 0) + q',
+           q' = the scraped queue minus what of it was ours at the scrape (ours are counted
+           exactly in a; only other replicas' and clients' calls are news)
 
     On the request path for every candidate: written flat (no helper calls) for speed.
     """
@@ -148,8 +150,11 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     rate = ep.capacity * (1.0 - x) / d
     service = req.units / rate
     ahead: float = a - slots + 1
-    if q > ahead:
-        ahead = q
+    if ahead < 0:
+        ahead = 0
+    others = q - state.queued_at_scrape  # queued there, not by us (other replicas, clients)
+    if others > 0:
+        ahead += others
     if ahead <= 0:
         return service
     mean_units = state.outstanding_units / a if a else req.units

@@ -183,6 +183,19 @@ def _rates(
     return queue_s, compute_s
 
 
+def observe(state: EndpointState, sample: LoadSample) -> None:
+    """A fresh scrape of `state`'s metrics: keep it, and what it says beyond our own calls."""
+    state.load = sample
+    # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
+    # (other replicas', other clients') is news; a stale total would double-count ours.
+    state.queued_at_scrape = max(0, state.in_flight - state.endpoint.slots)
+    # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
+    # slow gets little traffic, so it must not stay judged slow on old evidence.
+    state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
+    if sample.gpu_util is not None:
+        split_background(state, sample.gpu_util, sample.at)
+
+
 def split_background(state: EndpointState, gpu_util: float, now: float) -> None:
     """Split a scraped GPU utilisation g into ours and everyone else's (x, the background).
 
@@ -271,12 +284,7 @@ class LoadProbe:
         self.errors.pop(url, None)
         self._last[url] = sample
         for state in states:
-            state.load = sample
-            # Latency feedback fades (half per scrape) unless completions renew it: an endpoint
-            # judged slow gets little traffic, so it must not stay judged slow on old evidence.
-            state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
-            if sample.gpu_util is not None:
-                split_background(state, sample.gpu_util, sample.at)
+            observe(state, sample)
         self._on_scrape(url, True)
 
     async def run(self) -> None:
