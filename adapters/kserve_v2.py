@@ -34,6 +34,19 @@ _PASS_THROUGH = frozenset(
 )
 
 
+def channel_options(max_message_bytes: int) -> Sequence[tuple[str, Any]]:
+    """gRPC channel options for a backend: message caps both ways, fast reconnects, no retries
+    of gRPC's own (the director decides retries)."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Reconnect fast after a backend restart: the readiness loop probes every second.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
 class _ServiceStub:
     """The four KServe v2 methods the gateway calls, bound to `service` on `channel`."""
 
@@ -69,15 +82,7 @@ class KServeV2Adapter:
     ) -> None:
         self.endpoint_id = endpoint_id
         self.address = address
-        channel_options: Sequence[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            # Reconnect fast after a backend restart: the readiness loop probes every second.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.enable_retries", 0),
-        ]
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
         self._stub = _ServiceStub(self._channel, self.service)
 
     # -- errors ---------------------------------------------------------------------------

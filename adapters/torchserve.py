@@ -31,7 +31,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
-from .kserve_v2 import KServeV2Adapter
+from .kserve_v2 import KServeV2Adapter, channel_options
 from .tensor_codec import join_bytes_elements, tensor_to_list, tensor_values
 from .torchserve_proto import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
@@ -88,15 +88,9 @@ class TorchServePredictionsAdapter:
         host, _, port = address.rpartition(":")
         meta = options or {}
         self.management_address = f"{host}:{meta.get('management_port') or int(port) + 1}"
-        channel_options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.enable_retries", 0),
-        ]
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options)
-        self._mgmt_channel = grpc.aio.insecure_channel(self.management_address, options=channel_options)
+        options_ = channel_options(max_message_bytes)
+        self._channel = grpc.aio.insecure_channel(address, options=options_)
+        self._mgmt_channel = grpc.aio.insecure_channel(self.management_address, options=options_)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._mgmt = management_pb2_grpc.ManagementAPIsServiceStub(self._mgmt_channel)
 

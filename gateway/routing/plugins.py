@@ -207,6 +207,17 @@ class Picker:
         raise NotImplementedError
 
 
+def _best(states: Sequence[EndpointState], score: Callable[[EndpointState], float]) -> EndpointState | None:
+    """The first highest-scoring state; each state keeps its score (shown to operators)."""
+    best, best_score = None, -1.0
+    for s in states:
+        v = score(s)
+        s.score = v
+        if v > best_score:
+            best, best_score = s, v
+    return best
+
+
 class MaxScore(Picker):
     """The highest score; ties go to the first after a rotating start (spreads equal endpoints)."""
 
@@ -219,13 +230,7 @@ class MaxScore(Picker):
         if not n:
             return None
         self._turn = turn = (self._turn + 1) % n
-        best, best_score = None, -1.0
-        for s in (*states[turn:], *states[:turn]) if turn else states:
-            v = score(s)
-            s.score = v
-            if v > best_score:
-                best, best_score = s, v
-        return best
+        return _best((*states[turn:], *states[:turn]) if turn else states, score)
 
 
 class PowerOfTwo(Picker):
@@ -262,21 +267,9 @@ class BestOfK(Picker):
     ) -> EndpointState | None:
         n = len(states)
         if n <= self.k:
-            best, best_score = None, -1.0
             self._turn = turn = (self._turn + 1) % max(n, 1)
-            for s in (*states[turn:], *states[:turn]) if turn else states:
-                v = score(s)
-                s.score = v
-                if v > best_score:
-                    best, best_score = s, v
-            return best
-        best, best_score = None, -1.0
-        for s in self._rng.sample(states, self.k):
-            v = score(s)
-            s.score = v
-            if v > best_score:
-                best, best_score = s, v
-        return best
+            return _best((*states[turn:], *states[:turn]) if turn else states, score)
+        return _best(self._rng.sample(states, self.k), score)
 
 
 class RoundRobin(Picker):

@@ -76,14 +76,7 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
         model=result.model,
         model_version=result.version,
         id=result.request_id,
-        route=routing_pb2.RouteInfo(
-            pool=route.pool,
-            endpoint=route.endpoint,
-            backend=route.backend,
-            attempts=route.attempts,
-            model=route.model,
-            skipped=route.skipped,
-        ),
+        route=route_pb(route),
     )
     for t in result.outputs:
         out = resp.outputs.add(name=t.name, datatype=DTYPE_NUMBERS.get(t.datatype, 0), shape=t.shape)
