@@ -83,6 +83,17 @@ class ReadinessConfig(_Strict):
 
     interval_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
+    # Slower checks per backend kind: external APIs rate-limit (and some bill) their model list,
+    # and a failing call still triggers an immediate check. Kinds not listed use interval_s.
+    interval_by_backend: dict[str, float] = Field(default_factory=lambda: {"openai": 15.0, "anthropic": 15.0})
+
+    @field_validator("interval_by_backend")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for kind, seconds in v.items():
+            if not seconds > 0:
+                raise ValueError(f"{kind}: interval must be > 0")
+        return v
 
 
 class LoadProbeConfig(_Strict):

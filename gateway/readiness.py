@@ -22,7 +22,8 @@ log = logging.getLogger("meshgate.readiness")
 
 
 class ReadinessChecker:
-    """Full rounds over every endpoint each `interval_s`; in between, only endpoints asked for.
+    """Full rounds over every endpoint each `interval_s` (kinds in `interval_by_backend` only
+    when their own interval has passed); in between, only endpoints asked for.
 
     New endpoints and endpoints that just failed a call are checked at once (`check_soon`),
     without a full round: with 1,000 endpoints and 10 discovery changes a second, waking a full
@@ -47,7 +48,13 @@ class ReadinessChecker:
         while True:
             now = time.monotonic()
             if now >= next_full:
-                batch = list(self._table.states())
+                slower = self._config.interval_by_backend
+                batch = [
+                    s
+                    for s in self._table.states()
+                    if s.endpoint.backend not in slower
+                    or now - s.checked_at >= slower[s.endpoint.backend] * 0.9
+                ]
                 next_full = now + self._config.interval_s * random.uniform(0.8, 1.2)
             else:
                 current = set(self._table.states())

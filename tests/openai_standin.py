@@ -36,6 +36,7 @@ class OpenAIStandIn(ThreadedServer):
         self.first_token_delay_s = 0.0
         self.break_after: int | None = None
         self.requests: list[dict[str, Any]] = []
+        self.model_list_calls = 0  # GET /v1/models: what the gateway's readiness probe costs
         self.cancelled = 0
         self.completed_streams = 0
         self._fail: tuple[int, int, str | None] = (0, 0, None)
@@ -106,6 +107,7 @@ class OpenAIStandIn(ThreadedServer):
 
     # -- endpoints -------------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
+        self.model_list_calls += 1
         rejected = self._check(request)
         if rejected is not None:
             return rejected

@@ -301,3 +301,15 @@ def test_generate_on_a_tensor_model_is_refused(triton_a: Any) -> None:
         assert "use Infer" in caught.value.details()
     finally:
         gw.stop()
+
+
+def test_external_apis_are_probed_at_their_own_slower_interval(
+    gateway: Gateway, providers: tuple[OpenAIStandIn, OpenAIStandIn]
+) -> None:
+    """Readiness rounds run every 0.3 s here, but `openai` endpoints are listed at 15 s by default
+    (readiness.interval_by_backend): their model list is not fetched every round."""
+    before = [p.model_list_calls for p in providers]
+    time.sleep(1.5)
+    after = [p.model_list_calls for p in providers]
+    assert all(b - a <= 1 for a, b in zip(before, after, strict=True)), (before, after)
+    assert all(a >= 1 for a in after)  # they were checked (at start)
