@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config import Config, ConfigError, load_config, parse_config
 from tests.procs import ROOT
 
 
@@ -130,3 +131,12 @@ def test_serve_reports_a_busy_port_without_traceback(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_readme_configuration_reference_is_a_valid_config(tmp_path: Path) -> None:
+    """README's configuration block lists every section: it must stay a config the gateway accepts."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(block)
+    assert {"server", "routing", "readiness", "discovery", "pools"} <= set(config)
+    Config.model_validate(config)
