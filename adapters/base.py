@@ -159,7 +159,9 @@ class BackendError(Exception):
     """A backend call failed. `message` names the endpoint and model; never a credential.
 
     `retry_after` is the provider's own hint in seconds (HTTP Retry-After), `usage` what a
-    stream consumed before it broke (an adapters.llm.Usage), for accounting.
+    stream consumed before it broke (an adapters.llm.Usage), for accounting. `model_error`:
+    the model itself failed on this input (the server is fine): it must not count toward
+    ejecting the endpoint.
     """
 
     def __init__(
@@ -170,8 +172,10 @@ class BackendError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         usage: Any = None,
+        model_error: bool = False,
     ) -> None:
         super().__init__(message)
+        self.model_error = model_error
         self.code = code
         self.message = message
         self.retryable = retryable

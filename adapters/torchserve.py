@@ -54,6 +54,11 @@ def _classify(code: grpc.StatusCode, detail: str) -> tuple[grpc.StatusCode, bool
     return grpc.StatusCode.INTERNAL, False
 
 
+def _model_error(err: grpc.aio.AioRpcError) -> bool:
+    """The model's handler raised on this input ("Prediction failed"): not the endpoint's fault."""
+    return "prediction failed" in (err.details() or "").lower()
+
+
 class TorchServeOIPAdapter(KServeV2Adapter):
     """TorchServe with TS_OPEN_INFERENCE_PROTOCOL=oip: KServe v2 under TorchServe's service name."""
 
@@ -67,7 +72,9 @@ class TorchServeOIPAdapter(KServeV2Adapter):
         where = f"backend {self.endpoint_id} ({self.kind} at {self.address})"
         what = f"model '{model}'" if model else "server"
         detail = (err.details() or err.code().name).split("\n", 1)[0]
-        return BackendError(code, f"{where}, {what}: {detail}", retryable=retryable)
+        return BackendError(
+            code, f"{where}, {what}: {detail}", retryable=retryable, model_error=_model_error(err)
+        )
 
 
 class TorchServePredictionsAdapter:
@@ -102,6 +109,7 @@ class TorchServePredictionsAdapter:
             code,
             f"backend {self.endpoint_id} ({self.kind} at {where or self.address}), {what}: {detail}",
             retryable=retryable,
+            model_error=_model_error(err),
         )
 
     async def infer(self, call: InferCall, timeout: float | None) -> InferResult:

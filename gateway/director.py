@@ -199,6 +199,7 @@ class Director:
             predicted = self.scheduler.started(state, req)
             start = time.monotonic()
             outcome = grpc.StatusCode.CANCELLED  # until the stream ends or fails
+            fault = False
             try:
                 async for event in _llm(state.adapter, call.model).generate_stream(call, deadline - start):
                     started = True
@@ -209,7 +210,7 @@ class Director:
                 self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
                 return
             except BackendError as err:
-                outcome = err.code
+                outcome, fault = err.code, _endpoint_fault(err)
                 self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
                 if err.usage is not None:
                     self._metrics.tokens(ep.pool, err.usage)
@@ -232,7 +233,7 @@ class Director:
                     predicted,
                     time.monotonic() - start,
                     outcome == _OK,
-                    outcome in _ENDPOINT_FAULTS,
+                    fault,
                 )
 
     def _stream_target(self, model: str) -> tuple[Target, list[EndpointState], tuple[str, ...]]:
@@ -332,9 +333,7 @@ class Director:
                     value = await op(state.adapter, remaining, target)
                 except BackendError as err:
                     elapsed = time.monotonic() - start
-                    self.scheduler.finished(
-                        state, req, predicted, elapsed, False, err.code in _ENDPOINT_FAULTS
-                    )
+                    self.scheduler.finished(state, req, predicted, elapsed, False, _endpoint_fault(err))
                     self._metrics.backend_done(ep.pool, ep.id, err.code, elapsed)
                     if err.code == grpc.StatusCode.UNAVAILABLE:
                         state.mark_down(f"call failed: {err.message}")
@@ -399,3 +398,8 @@ def _llm(adapter: Adapter, model: str) -> LLMAdapter:
 
 def _pool_of(candidates: list[EndpointState]) -> str:
     return candidates[0].endpoint.pool if candidates else ""
+
+
+def _endpoint_fault(err: BackendError) -> bool:
+    """Does this failure say the endpoint is unwell (toward outlier ejection)?"""
+    return err.code in _ENDPOINT_FAULTS and not err.model_error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -140,3 +141,25 @@ async def test_preferred_region_wins_while_it_has_a_ready_endpoint() -> None:
     next(s for s in table.states() if s.endpoint.id == "e0").mark_down("test")
     fallback = {(await director.infer(CALL, 5.0, region="us")).route.endpoint for _ in range(4)}
     assert fallback <= {"e1", "e2"}
+
+
+async def test_model_errors_do_not_eject_but_endpoint_faults_do() -> None:
+    """A model failing on its input (TorchServe's "Prediction failed") is the caller's problem,
+    not the endpoint's: ten in a row leave it in rotation. Five INTERNAL server faults eject it."""
+    director, table, fakes = _setup(2)
+    bad = next(s for s in table.states() if s.endpoint.id == "e0")
+    fakes["e0"].error = BackendError(
+        grpc.StatusCode.INTERNAL, "Prediction failed", retryable=False, model_error=True
+    )
+    fakes["e1"].error = fakes["e0"].error
+    for _ in range(20):
+        with pytest.raises(GatewayError):
+            await director.infer(CALL, 5.0)
+    assert bad.ejected_until == 0 and bad.consecutive_failures == 0
+    fakes["e0"].error = BackendError(grpc.StatusCode.INTERNAL, "CUDA error", retryable=False)
+    fakes["e1"].error = None
+    for _ in range(20):
+        with contextlib.suppress(GatewayError):
+            await director.infer(CALL, 5.0)
+    assert bad.ejected_until > 0
+    assert fakes["e0"].calls == 10 + 5  # ejected after its fifth fault: no calls since

@@ -108,11 +108,20 @@ def test_a_model_that_raises_is_internal_and_leaves_the_endpoint_up(native: Gate
         assert caught.value.code() == grpc.StatusCode.INTERNAL
         assert "backend ts-predictions (torchserve at 127.0.0.1:" in caught.value.details()
         assert "Prediction failed" in caught.value.details()
+        health = _endpoint(ch)
+        assert (health.consecutive_failures, health.ejected) == (0, False)  # a model error, not a fault
         # Not the endpoint's fault: it stays in rotation and the next call succeeds at once.
         ok = infer(
             ch, inference_pb2.InferRequest(model="add_sub", inputs=[fp32("INPUT0", [1]), fp32("INPUT1", [1])])
         )
         assert _prediction(ok) == {"OUTPUT0": [2.0], "OUTPUT1": [0.0]}
+
+
+def _endpoint(ch: grpc.Channel) -> models_pb2.Endpoint:
+    model = (
+        models_pb2_grpc.ModelsStub(ch).GetModel(models_pb2.GetModelRequest(name="add_sub"), timeout=5).model
+    )
+    return model.pools[0].endpoints[0]
 
 
 def test_models_service_shows_torchserve_readiness_and_versions(native: Gateway) -> None:
