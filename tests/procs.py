@@ -137,9 +137,22 @@ class Triton(Proc):
         return self
 
     def wait_ready(self, timeout: float = 90) -> Triton:
-        wait_until(
-            lambda: self._check_alive() and _grpc_ready(self.address, self.models), timeout, "Triton ready"
-        )
+        try:
+            wait_until(
+                lambda: self._check_alive() and _grpc_ready(self.address, self.models),
+                timeout,
+                "Triton ready",
+            )
+        except RuntimeError:
+            # pytriton's tritonserver very rarely dies while loading the Python models on this
+            # busy 2-core machine (a C++ abort in the model load); one fresh start, then give up.
+            self.stop()
+            self.start()
+            wait_until(
+                lambda: self._check_alive() and _grpc_ready(self.address, self.models),
+                timeout,
+                "Triton ready",
+            )
         return self
 
     def _check_alive(self) -> bool:
