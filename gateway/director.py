@@ -122,7 +122,7 @@ class Director:
             return adapter.infer(call, t)
 
         return await self._route(
-            call.model, call.version, region, timeout, lambda m, c: self._infer_units(call, m, c), op
+            call.model, call.version, region, timeout, lambda m, c: self._infer_units(call, m, c), op, prefer
         )
 
     async def model_metadata(self, model: str, version: str, timeout: float) -> Routed[ModelMetadata]:
@@ -240,19 +240,27 @@ class Director:
         chain, _ = self.policies.chain(model, "")
         skipped: list[str] = []
         for i, target in enumerate(chain):
-            try:
-                candidates = self._table.candidates(target.model, target.version)
-            except GatewayError:
-                if len(chain) == 1:
-                    raise
+            candidates = self._target_candidates(target, alone=len(chain) == 1)
+            if candidates is None:
                 skipped.append(f"{target.model}: not found")
                 continue
-            if target.pool:
-                candidates = [s for s in candidates if s.endpoint.pool == target.pool]
             if i == len(chain) - 1 or any(s.ready_for(target.model, target.version) for s in candidates):
                 return target, candidates, tuple(skipped)
             skipped.append(f"{target.model}: down")
         raise GatewayError(grpc.StatusCode.NOT_FOUND, f"no target of alias {model!r} exists")
+
+    def _target_candidates(self, target: Target, alone: bool) -> list[EndpointState] | None:
+        """The endpoints of one target (in its pool, when it names one). An unknown model is
+        NOT_FOUND for a plain request (`alone`), and None (skip it) within an alias's chain."""
+        try:
+            candidates = self._table.candidates(target.model, target.version)
+        except GatewayError:
+            if alone:
+                raise
+            return None
+        if target.pool:
+            candidates = [s for s in candidates if s.endpoint.pool == target.pool]
+        return candidates
 
     def model_ready(self, model: str, version: str) -> bool:
         try:
@@ -292,19 +300,14 @@ class Director:
         budgeted = False
         for i, target in enumerate(chain):
             last = i == len(chain) - 1
-            try:
-                candidates = self._table.candidates(target.model, target.version)
-            except GatewayError:
-                if len(chain) == 1:
-                    raise
+            candidates = self._target_candidates(target, alone=len(chain) == 1)
+            if candidates is None:
                 skipped.append(f"{target.model}: not found")
                 continue
-            if target.pool:
-                candidates = [s for s in candidates if s.endpoint.pool == target.pool]
             if first_candidates is None:
                 first_candidates = candidates
             req = RequestInfo(
-                target.model, target.version, units_for(target.model, candidates), region, timeout
+                target.model, target.version, units_for(target.model, candidates), region, timeout, prefer
             )
             if not budgeted:
                 self.retry_budget.request(_pool_of(candidates))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import grpc
 import pytest
@@ -163,3 +164,14 @@ async def test_model_errors_do_not_eject_but_endpoint_faults_do() -> None:
             await director.infer(CALL, 5.0)
     assert bad.ejected_until > 0
     assert fakes["e0"].calls == 10 + 5  # ejected after its fifth fault: no calls since
+
+
+async def test_prefer_cost_reaches_the_scheduler() -> None:
+    """RoutingHints.prefer=cost: the cheaper of two equal endpoints takes every call."""
+    director, table, _ = _setup(2)
+    dear = next(s for s in table.states() if s.endpoint.id == "e0")
+    dear.endpoint = dataclasses.replace(dear.endpoint, meta={"price_in_per_1k": "1", "price_out_per_1k": "1"})
+    routed = [(await director.infer(CALL, 5.0, prefer="cost")).route.endpoint for _ in range(10)]
+    assert routed == ["e1"] * 10
+    either = {(await director.infer(CALL, 5.0)).route.endpoint for _ in range(10)}
+    assert either == {"e0", "e1"}
