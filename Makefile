@@ -81,7 +81,7 @@ bench-stream: venv
 
 # matplotlib draws the latency CDFs (bench/out/balance.png); about 10 minutes.
 bench-balance: venv
-	$(BIN)/pip install --quiet '.[bench]'
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.balance $(BENCH_ARGS)
 
 # The same policies at 1,000 backends x 3 gateway replicas, simulated (meshgate's scheduler code
