@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
 """make bench-des: the routing policies at 1,000 backends and 3 gateway replicas, simulated.
 
-A discrete-event simulation that runs meshgate's own scheduler code (gateway/routing) on a
-simulated clock. Backends as in bench-balance (capacity 1/1/2/4 drawn at random, 4 slots,
+A discrete-event simulation that runs meshgate's own scheduler and probe code (gateway/routing)
+on a simulated clock. Backends as in bench-balance (capacity 1/1/2/4 drawn at random, 4 slots,
 background load: 10% of backends carry 60% background load, and 5% toggle it every 2 s), 80%
 cost-1 and 20% cost-8 requests, Poisson arrivals at 70% and 90% of total capacity, each request
-to one of 3 replicas at random. Each replica sees only its own in-flight calls, plus what every
-replica scrapes from the same metrics pages once per second: GPU utilisation averaged over the
-window and the queue depth. Replicas deciding by max score from one stale snapshot herd onto the
-backends that looked idle at the last scrape; p2c on the same score (two random candidates)
-does not. Prints p50/p99 latency per policy, and the decision time per request at this size.
+to one of 3 replicas at random (as behind an L4 load balancer). Each replica sees only its own
+in-flight calls, plus what every replica scrapes once per second from the same metrics page per
+backend, parsed by probe.parse_page: DCGM's GPU utilisation averaged over the window, and
+Triton's pending count and request / compute-time counters (counted when a request completes,
+as Triton does).
+
+What this shows: replicas deciding by max score from one stale snapshot herd onto the backends
+that looked idle at the last scrape; sampling k candidates, and the herd factor (what we sent
+since the scrape, the others sent too), counter it. Other replicas' calls fill slots without
+slowing the GPU: the probe tells that occupancy from background load by Triton's counters.
+Prints p50/p99 latency per policy, where heavy requests went, and the decision time per request
+at this size. `--explain` prints the placement per capacity and background.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import random
 import sys
@@ -26,7 +34,7 @@ from discovery import Endpoint, ModelRef
 from gateway.endpoints import EndpointState
 from gateway.routing import scheduler as scheduler_mod
 from gateway.routing.plugins import RequestInfo
-from gateway.routing.probe import LoadSample, observe
+from gateway.routing.probe import LoadSample, herd_factors, load_metric_names, observe, parse_page
 from gateway.routing.scheduler import ProfileSpec, Scheduler
 
 UNIT_S = 0.4  # one unit on a capacity-1 GPU (slower than bench-balance: fewer events per second)
@@ -47,20 +55,35 @@ class Backend:
         self.busy = 0
         self.queue: deque[tuple[float, int, Any]] = deque()
         self.area, self.since, self.mark = 0.0, 0.0, (0.0, 0.0)
+        # Triton's counters, per model: requests done, and their compute microseconds (both
+        # counted when a request completes, as Triton does).
+        self.done = {"light": 0, "heavy": 0}
+        self.compute_us = {"light": 0.0, "heavy": 0.0}
+        self.waiting = {"light": 0, "heavy": 0}
 
     def account(self, now: float) -> None:
         self.area += (self.background + (1 - self.background) * self.busy / self.slots) * (now - self.since)
         self.since = now
 
-    def scrape(self, now: float) -> tuple[float, float]:
+    def page(self, now: float) -> str:
+        """The metrics page a DCGM exporter and a Triton on this GPU would serve together."""
         self.account(now)
         area, at = self.mark
         util = (self.area - area) / (now - at) if now > at else 0.0
         self.mark = (self.area, now)
-        return util, float(len(self.queue))
+        lines = [f'DCGM_FI_DEV_GPU_UTIL{{gpu="0"}} {100 * util:.1f}']
+        for m in ("light", "heavy"):
+            lines.append(f'nv_inference_pending_request_count{{model="{m}",version="1"}} {self.waiting[m]}')
+            lines.append(f'nv_inference_request_success{{model="{m}",version="1"}} {self.done[m]}')
+            lines.append(
+                f'nv_inference_compute_infer_duration_us{{model="{m}",version="1"}} {self.compute_us[m]:.0f}'
+            )
+        return "\n".join(lines) + "\n"
 
 
-def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, seed: int) -> dict[str, float]:
+def simulate(
+    policy: str, n: int, replicas: int, load: float, seconds: float, seed: int, explain: bool = False
+) -> dict[str, float]:
     rng = random.Random(seed)
     backends = [Backend(i, rng.choice([1.0, 1.0, 2.0, 4.0]), 4) for i in range(n)]
     loaded = rng.sample(range(n), n // 10)
@@ -75,6 +98,8 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
         "predicted_p2c": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "p2c"),
         "predicted_best_of_k": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "best_of_k"),
     }
+    herding = policy.endswith("_no_herd")  # ablation: no herd factor (probe.herd_factors)
+    policy = policy.removesuffix("_no_herd")
     views = []
     for _ in range(replicas):
         states = []
@@ -93,7 +118,10 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
             s.live, s.ready_models = True, frozenset(ep.models)
             s.busy_since, s.busy_mark = 0.0, (0.0, 0.0)
             states.append(s)
-        views.append((Scheduler(profiles, default_profile=policy), states))
+        sched = Scheduler(profiles, default_profile=policy)
+        for profile in sched.profiles.values():  # reproducible: each replica's picker seeded
+            profile.picker._rng = random.Random(seed * 100 + len(views))
+        views.append((sched, states))
     events: list[tuple[float, int, str, Any]] = []
     seq = 0
 
@@ -107,12 +135,17 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
         push(float(k), "scrape", None)
     for k in range(1, int(seconds / 2) + 1):
         push(2.0 * k, "toggle", None)
+    specs = load_metric_names()["any"] + load_metric_names()["triton"]
+    samples: list[LoadSample | None] = [None] * n
     latencies: list[float] = []
+    by_model: dict[str, list[float]] = {"light": [], "heavy": []}
+    records: list[tuple[str, float, float, float, float]] = []
     decide_ns: list[int] = []
 
     def start(b: Backend, now: float, job: Any) -> None:
         b.account(now)
         b.busy += 1
+        job["started"] = now
         push(now + job["units"] * UNIT_S / (b.capacity * (1 - b.background)), "done", (b, job))
 
     while events:
@@ -138,39 +171,85 @@ def simulate(policy: str, n: int, replicas: int, load: float, seconds: float, se
                 "state": state,
                 "req": req,
                 "pred": predicted,
+                "model": model,
             }
             if b.busy < b.slots:
                 start(b, now, job)
             else:
+                b.waiting[model] += 1
                 b.queue.append((now, seq, job))
         elif kind == "done":
             b, job = data
             b.account(now)
             b.busy -= 1
+            b.done[job["model"]] += 1
+            b.compute_us[job["model"]] += (now - job["started"]) * 1e6
             if b.queue:
                 _, _, nxt = b.queue.popleft()
+                b.waiting[nxt["model"]] -= 1
                 start(b, now, nxt)
             latencies.append(now - job["arrived"])
+            by_model[job["model"]].append(now - job["arrived"])
+            records.append(
+                (
+                    job["model"],
+                    b.capacity,
+                    b.background,
+                    job["started"] - job["arrived"],
+                    now - job["arrived"],
+                )
+            )
             sched = views[job["replica"]][0]
             sched.finished(job["state"], job["req"], job["pred"], now - job["arrived"], True, False)
         elif kind == "scrape":
-            pages = [b.scrape(now) for b in backends]
+            # Every replica scrapes the same pages at about the same time: one parse, shared.
+            for b in backends:
+                samples[b.i] = parse_page(b.page(now), specs, now, samples[b.i])
             for _, states in views:
-                for s, (util, queue) in zip(states, pages, strict=True):
-                    observe(s, LoadSample(at=now, gpu_util=util, queue=queue))
+                for s, sample in zip(states, samples, strict=True):
+                    if sample is not None:
+                        observe(s, sample)
+                if not herding:
+                    herd_factors(states)
         elif kind == "toggle":
             for i in togglers:
                 backends[i].account(now)
                 backends[i].background = 0.0 if backends[i].background else 0.6
     latencies.sort()
     decide_ns.sort()
+    if explain:
+        print(placement(records), flush=True)
+    heavy = sorted(r[4] for r in records if r[0] == "heavy")
+    light = sorted(r[4] for r in records if r[0] == "light")
     return {
         "p50": latencies[len(latencies) // 2] * 1000,
         "p99": latencies[int(len(latencies) * 0.99)] * 1000,
         "requests": len(latencies),
         "decide_p50_us": decide_ns[len(decide_ns) // 2] / 1000,
         "decide_p99_us": decide_ns[int(len(decide_ns) * 0.99)] / 1000,
+        "light_p99": light[int(len(light) * 0.99)] * 1000,
+        "heavy_p99": heavy[int(len(heavy) * 0.99)] * 1000,
+        "heavy_on_slowest": sum(1 for r in records if r[0] == "heavy" and r[1] == 1.0) / len(heavy),
     }
+
+
+def placement(records: list[tuple[str, float, float, float, float]]) -> str:
+    """Where each kind of request went (capacity, background) and how it fared there."""
+    out = ["    model  capacity  background  requests  waited  wait p99 ms  latency p50 ms  p99 ms"]
+    for model in ("light", "heavy"):
+        groups = collections.defaultdict(list)
+        for r in records:
+            if r[0] == model:
+                groups[(r[1], r[2])].append(r)
+        for (cap, bg), rs in sorted(groups.items()):
+            waits = sorted(r[3] for r in rs)
+            lat = sorted(r[4] for r in rs)
+            out.append(
+                f"    {model:5}  {cap:8g}  {bg:10.0%}  {len(rs):8}  {sum(w > 0 for w in waits) / len(rs):6.0%}"
+                f"  {waits[int(len(waits) * 0.99)] * 1000:11.0f}  {lat[len(lat) // 2] * 1000:14.0f}"
+                f"  {lat[int(len(lat) * 0.99)] * 1000:6.0f}"
+            )
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -180,25 +259,35 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="simulated seconds per run")
     ap.add_argument(
         "--policies",
-        default="p2c_inflight,weighted_least_request,predicted_max,predicted_p2c,predicted_best_of_k",
+        default="p2c_inflight,weighted_least_request,predicted_max,predicted_p2c,"
+        "predicted_best_of_k_no_herd,predicted_best_of_k",
+        help="comma list; predicted_* = the `predicted` scorer with that picker; a _no_herd suffix "
+        "drops the herd factor (what replicas sent since the scrape)",
     )
+    ap.add_argument("--explain", action="store_true", help="print where each kind of request went")
     args = ap.parse_args()
     lines = [
         f"{args.backends} backends, {args.replicas} replicas, {args.seconds:g} simulated s per run",
         "",
-        "| load | policy | p50 ms | p99 ms | requests | decision p50 | decision p99 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| load | policy | p50 ms | p99 ms | light p99 | heavy p99 | heavy on cap 1 | requests"
+        " | decision p50 | decision p99 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for load in (0.7, 0.9):
         for policy in args.policies.split(","):
             t0 = time.monotonic()
-            r = simulate(policy, args.backends, args.replicas, load, args.seconds, seed=7)
+            if args.explain:
+                print(f"  {load:.0%} {policy}")
+            r = simulate(
+                policy, args.backends, args.replicas, load, args.seconds, seed=7, explain=args.explain
+            )
             print(
                 f"  {load:.0%} {policy:24} p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  ({time.monotonic() - t0:.0f} s)",
                 flush=True,
             )
             lines.append(
-                f"| {load:.0%} | {policy} | {r['p50']:.0f} | {r['p99']:.0f} | {r['requests']} |"
+                f"| {load:.0%} | {policy} | {r['p50']:.0f} | {r['p99']:.0f} | {r['light_p99']:.0f} |"
+                f" {r['heavy_p99']:.0f} | {r['heavy_on_slowest']:.0%} | {r['requests']} |"
                 f" {r['decide_p50_us']:.0f} us | {r['decide_p99_us']:.0f} us |"
             )
     print("\n".join(lines))

@@ -8,6 +8,8 @@ then takes u * UNIT_S / (c * (1 - x)) seconds. Each backend serves a metrics pag
                            scrape, as DCGM averages over its collection interval
   (DCGM exporter format)
   nv_inference_pending_request_count{model}  = requests waiting for a slot (Triton format)
+  nv_inference_request_success{model}, nv_inference_compute_infer_duration_us{model}
+                         = Triton's counters: answers, and their microseconds in a slot
 POST /control {"backend": i, "background": x} changes x while the bench runs.
 
     python -m bench.sim_gpu '{"unit_s": 0.04, "backends": [{"capacity": 1, "slots": 4}, ...]}'
@@ -40,6 +42,9 @@ class SimGPU(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._area, self._since = 0.0, time.monotonic()
         self._mark = (0.0, self._since)
         self.waiting: dict[str, int] = dict.fromkeys(COSTS, 0)
+        # Triton's counters, counted when a request completes: answers and compute microseconds.
+        self.done: dict[str, int] = dict.fromkeys(COSTS, 0)
+        self.compute_us: dict[str, float] = dict.fromkeys(COSTS, 0.0)
         self._slots = asyncio.Semaphore(slots)
 
     def _account(self) -> None:
@@ -71,12 +76,15 @@ class SimGPU(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             self.waiting[model] -= 1
             self._account()
             self.busy += 1
+            started = time.monotonic()
             try:
                 # x is read when the work starts: a background jump slows what starts after it.
                 await asyncio.sleep(units * self.unit_s / (self.capacity * (1.0 - self._background)))
             finally:
                 self._account()
                 self.busy -= 1
+                self.done[model] += 1
+                self.compute_us[model] += (time.monotonic() - started) * 1e6
         return pb.ModelInferResponse(model_name=model, id=request.id)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -95,10 +103,12 @@ class SimGPU(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         util = (self._area - area) / (now - at) if now > at else 0.0
         self._mark = (self._area, now)
         lines = [f'DCGM_FI_DEV_GPU_UTIL{{gpu="0",modelName="SimGPU"}} {100 * util:.1f}']
-        lines += [
-            f'nv_inference_pending_request_count{{model="{m}",version="1"}} {n}'
-            for m, n in self.waiting.items()
-        ]
+        for m, n in self.waiting.items():
+            lines.append(f'nv_inference_pending_request_count{{model="{m}",version="1"}} {n}')
+            lines.append(f'nv_inference_request_success{{model="{m}",version="1"}} {self.done[m]}')
+            lines.append(
+                f'nv_inference_compute_infer_duration_us{{model="{m}",version="1"}} {self.compute_us[m]:.0f}'
+            )
         return "\n".join(lines) + "\n"
 
 

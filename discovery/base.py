@@ -60,6 +60,10 @@ class PoolSnapshot:
     source: str
     pool: str
     endpoints: tuple[Endpoint, ...]
+    # The source lists only instances whose health checks pass (Consul's ?passing), and drops
+    # one as soon as its checks fail: the gateway then checks these less often while they are
+    # ready (readiness.health_checked_interval_s).
+    health_checked: bool = False
 
 
 class DiscoverySource(Protocol):

@@ -264,7 +264,7 @@ class ConsulSource:
             endpoints = self._endpoints(name, entries)
             if endpoints != last:
                 last = endpoints
-                queue.put_nowait(PoolSnapshot(self.name, name, endpoints))
+                queue.put_nowait(PoolSnapshot(self.name, name, endpoints, health_checked=True))
 
     def _endpoints(self, pool: str, entries: list[Any]) -> tuple[Endpoint, ...]:
         out: list[Endpoint] = []

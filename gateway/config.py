@@ -86,6 +86,10 @@ class ReadinessConfig(_Strict):
     # Slower checks per backend kind: external APIs rate-limit (and some bill) their model list,
     # and a failing call still triggers an immediate check. Kinds not listed use interval_s.
     interval_by_backend: dict[str, float] = Field(default_factory=lambda: {"openai": 15.0, "anthropic": 15.0})
+    # Endpoints from a source that health-checks them (Consul lists only passing instances and
+    # drops failing ones within its blocking query) are checked this often while every model is
+    # ready; still at once when new or after a failed call, and at interval_s while not ready.
+    health_checked_interval_s: float = Field(default=10.0, gt=0)
 
     @field_validator("interval_by_backend")
     @classmethod

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import grpc
 
@@ -27,21 +27,36 @@ log = logging.getLogger("meshgate.endpoints")
 AdapterMaker = Callable[[Endpoint], Adapter]
 
 
+class Shared(NamedTuple):
+    """What the last scrape says of an endpoint beyond our own calls (routing/probe.split_load)."""
+
+    background: float  # 0..1: GPU share taken by work outside the server (slows every request)
+    others: float  # requests of other callers executing there on average (hold batch slots)
+    at: float  # time.monotonic() of the scrape
+    share: float  # our share of the requests there (EWMA over scrapes; 1 = we are the only caller)
+    in_flight: int  # our requests in flight there at the scrape
+    completed: int  # our requests answered there, up to the scrape
+    seen_ours: float  # answers of ours there, recent windows (decayed), behind `share`
+    seen_all: float  # all its answers, same windows
+    herd: float  # calls other gateway replicas send per call of ours, pool-wide (herd_factors)
+
+
 class EndpointState:
     """One endpoint and what the gateway knows about it now."""
 
     __slots__ = (
         "_ready_models",
         "adapter",
-        "background",
         "busy_area",
         "busy_mark",
         "busy_since",
         "checked_at",
+        "completed",
         "consecutive_failures",
         "ejected_until",
         "ejections",
         "endpoint",
+        "health_checked",
         "in_flight",
         "latency",
         "live",
@@ -50,6 +65,7 @@ class EndpointState:
         "queued_at_scrape",
         "ready_names",
         "score",
+        "shared",
         "slowdown",
         "status_message",
     )
@@ -66,6 +82,7 @@ class EndpointState:
         # (a LoadSample from the load probe, None before the first); EWMA latency per model
         # (seconds per complexity unit); passive outlier ejection; the last score computed.
         self.outstanding_units = 0.0
+        self.completed = 0  # calls answered (counted like a server's request counter)
         self.load: LoadSample | None = None
         self.latency: dict[str, float] = {}
         self.consecutive_failures = 0
@@ -74,16 +91,17 @@ class EndpointState:
         self.score = -1.0
         # Our own busy share of the endpoint's slots, integrated over time (slot-seconds / slots),
         # so that a GPU utilisation averaged over a scrape window can be split into ours and
-        # everyone else's: background = (x, at) from the last scrape (see routing/probe.py).
+        # everyone else's: `shared` from the last scrape (see routing/probe.split_load).
         self.busy_area = 0.0
         self.busy_since = time.monotonic()
         self.busy_mark = (0.0, self.busy_since)
-        self.background: tuple[float, float] | None = None
+        self.shared: Shared | None = None
         # EWMA of (observed / predicted time) over the pool's: > 1 = slower than the metrics
         # explain (see Scheduler.finished).
         self.slowdown = 1.0
         self.queued_at_scrape = 0  # our calls waiting at the endpoint when it was last scraped
         self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
+        self.health_checked = False  # listed by a source that health-checks it (PoolSnapshot)
         self.status_message = "not checked yet"
 
     def serves(self, model: str, version: str) -> bool:
@@ -144,6 +162,7 @@ class EndpointTable:
         # GPU class -> capacity, for endpoints that name their GPU (Meta `gpu`) but no capacity.
         self._gpu_capacity = dict(gpu_capacity or {})
         self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self._health_checked: set[tuple[str, str]] = set()  # (source, pool) snapshots that vouch
         self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
         self._by_model: dict[str, list[EndpointState]] = {}
         self._retired: list[tuple[EndpointState, float]] = []  # (state, time retired)
@@ -151,9 +170,17 @@ class EndpointTable:
     def apply(self, snap: PoolSnapshot) -> None:
         """Replace what `snap.source` said about `snap.pool`; `on_change` gets the new endpoints."""
         self._by_source[(snap.source, snap.pool)] = snap.endpoints
+        if snap.health_checked:
+            self._health_checked.add((snap.source, snap.pool))
+        else:
+            self._health_checked.discard((snap.source, snap.pool))
         wanted: dict[tuple[str, str], Endpoint] = {}
-        for (_, pool), eps in sorted(self._by_source.items()):
+        vouched: set[tuple[str, str]] = set()
+        for (source, pool), eps in sorted(self._by_source.items()):
+            checked = (source, pool) in self._health_checked
             for ep in eps:
+                if checked:
+                    vouched.add((pool, ep.id))
                 if "capacity" not in ep.meta and ep.gpu in self._gpu_capacity:
                     ep = dataclasses.replace(ep, capacity=self._gpu_capacity[ep.gpu])
                 wanted.setdefault((pool, ep.id), ep)
@@ -181,6 +208,8 @@ class EndpointTable:
             log.info(
                 "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend
             )
+        for key, state in self._states.items():
+            state.health_checked = key in vouched
         self._reindex()
         self._on_change(added)
 

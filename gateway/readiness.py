@@ -22,8 +22,8 @@ log = logging.getLogger("meshgate.readiness")
 
 
 class ReadinessChecker:
-    """Full rounds over every endpoint each `interval_s` (kinds in `interval_by_backend` only
-    when their own interval has passed); in between, only endpoints asked for.
+    """Full rounds over every endpoint each `interval_s` (those with a longer `interval` only
+    when it has passed); in between, only endpoints asked for.
 
     New endpoints and endpoints that just failed a call are checked at once (`check_soon`),
     without a full round: with 1,000 endpoints and 10 discovery changes a second, waking a full
@@ -48,13 +48,7 @@ class ReadinessChecker:
         while True:
             now = time.monotonic()
             if now >= next_full:
-                slower = self._config.interval_by_backend
-                batch = [
-                    s
-                    for s in self._table.states()
-                    if s.endpoint.backend not in slower
-                    or now - s.checked_at >= slower[s.endpoint.backend] * 0.9
-                ]
+                batch = [s for s in self._table.states() if now - s.checked_at >= self.interval(s) * 0.9]
                 next_full = now + self._config.interval_s * random.uniform(0.8, 1.2)
             else:
                 current = set(self._table.states())
@@ -67,6 +61,16 @@ class ReadinessChecker:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
+
+    def interval(self, state: EndpointState) -> float:
+        """Seconds between background checks of `state`: interval_s, or its backend kind's own
+        (interval_by_backend); at least health_checked_interval_s while a health-checking source
+        (Consul) vouches for it and all its models are ready. A failed call checks it at once."""
+        cfg = self._config
+        seconds = cfg.interval_by_backend.get(state.endpoint.backend, cfg.interval_s)
+        if state.health_checked and state.live and len(state.ready_models) == len(state.endpoint.models):
+            seconds = max(seconds, cfg.health_checked_interval_s)
+        return seconds
 
     async def check(self, state: EndpointState) -> None:
         timeout = self._config.timeout_s

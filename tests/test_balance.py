@@ -127,6 +127,35 @@ def test_real_triton_queue_metrics_shift_traffic(equal: Gateway, triton_a: Trito
             t.join()
 
 
+def test_another_clients_running_requests_hold_the_slot(equal: Gateway, triton_a: Triton) -> None:
+    """Another client keeps one `sleep` call executing on a at all times, one after another, so
+    nothing ever queues there and the GPU page says idle. Only Triton's compute-time counter
+    shows that a's one slot is taken by someone else: the operator sees it in GetModel, and the
+    gateway's `sleep` calls go to b instead of waiting behind it."""
+    direct = tc.InferenceServerClient(url=triton_a.address)
+    ms = tc.InferInput("MS", [1], "INT64")
+    ms.set_data_from_numpy(np.array([300], dtype=np.int64))
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            direct.infer("sleep", [ms])
+
+    thread = threading.Thread(target=keep_busy)
+    thread.start()
+    try:
+        with grpc.insecure_channel(equal.address) as ch:
+            wait_until(lambda: _load(ch, "a", "sleep").load.others_running >= 0.4, 5, "a's slot seen taken")
+            shown = _load(ch, "a", "sleep").load
+            assert shown.busy >= 0 and shown.our_share < 0.5 and shown.queue_depth == 0
+            assert shown.background_load == pytest.approx(0.0)  # occupancy, not a slower GPU
+            routed = Counter(infer(ch, _sleep_request(10)).route.endpoint for _ in range(20))
+            assert routed["b"] >= 19, routed
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_heavy_work_goes_to_the_big_gpu_and_light_work_uses_free_slots(
     triton_a: Triton, triton_b: Triton, dcgm: tuple[DCGMStandIn, DCGMStandIn]
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.consul_standin import ConsulStandIn
+from tests.flaky_backend import FlakyBackend
 from tests.helpers import add_sub_request, infer
 from tests.procs import Gateway, MLServer, Triton, wait_until
 
@@ -352,22 +353,28 @@ def test_register_cli_adds_a_backend_the_gateway_then_serves(
     assert "Consul has no service with id 'nope'" in missing.stderr
 
 
-def test_static_and_consul_endpoints_merge_into_one_pool(
-    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
-) -> None:
-    standin.register(backend("tritons", "triton-b", triton_b, "add_sub"))
+def mixed_gateway(standin: ConsulStandIn, static_id: str, address: str, **config: Any) -> Gateway:
+    """A started gateway whose pool `tritons` has one static endpoint besides Consul's."""
     gw = consul_gateway(standin)
-    gw.config["pools"] = {
-        "tritons": {
-            "endpoints": [
-                {"id": "triton-a", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]}
-            ]
-        }
-    }
+    endpoint = {"id": static_id, "address": address, "backend": "triton", "models": ["add_sub"]}
+    gw.config["pools"] = {"tritons": {"endpoints": [endpoint]}}
+    gw.config.update(config)
     gw.config_path.write_text(yaml.safe_dump(gw.config))
     gw.start()
     try:
         gw.wait_serving("tritons")
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
+
+
+def test_static_and_consul_endpoints_merge_into_one_pool(
+    standin: ConsulStandIn, triton_a: Triton, triton_b: Triton
+) -> None:
+    standin.register(backend("tritons", "triton-b", triton_b, "add_sub"))
+    gw = mixed_gateway(standin, "triton-a", triton_a.address)
+    try:
         with grpc.insecure_channel(gw.address) as ch:
             wait_until(
                 lambda: infer(ch, add_sub_request([1], [1])).route.endpoint == "triton-b",
@@ -478,3 +485,67 @@ def test_consul_over_tls_with_client_certificate(tmp_path: Path, triton_a: Trito
             gw.stop()
     finally:
         standin.close()
+
+
+def test_endpoints_consul_health_checks_are_checked_less_often(standin: ConsulStandIn) -> None:
+    """Consul lists only instances whose checks pass and drops one whose checks fail, so the
+    gateway need not ask it "are you live?" every round. A static endpoint is checked every
+    readiness round (0.3 s here); the one Consul vouches for only every health_checked_interval_s
+    (30 s here) while its models are ready. A failed call still checks it at once, and while it
+    is down it is checked every round again."""
+    static, vouched = FlakyBackend(), FlakyBackend()
+    standin.register(
+        {
+            "Name": "tritons",
+            "ID": "vouched",
+            "Address": "127.0.0.1",
+            "Port": vouched.port,
+            "Tags": ["inference"],
+            "Meta": {"backend": "triton", "models": "add_sub"},
+            "Check": dict(PASSING),
+        }
+    )
+    readiness = {"interval_s": 0.3, "timeout_s": 0.5, "health_checked_interval_s": 30}
+    gw = mixed_gateway(standin, "static", static.address, readiness=readiness)
+    try:
+        with grpc.insecure_channel(gw.address) as ch:
+            wait_until(
+                lambda: (
+                    {infer(ch, add_sub_request([1], [1])).route.endpoint for _ in range(6)}
+                    == {"static", "vouched"}
+                ),
+                10,
+                "both endpoints serving",
+            )
+            before = (static.live_checks, vouched.live_checks)
+            time.sleep(2.0)
+            assert static.live_checks - before[0] >= 4, (before, static.live_checks)
+            assert vouched.live_checks == before[1], (before, vouched.live_checks)
+            # It breaks: calls fail UNAVAILABLE (and are retried on the static one), and it says
+            # it is not live.
+            vouched.fail_code, vouched.failing, vouched.live = grpc.StatusCode.UNAVAILABLE, True, False
+            calls = vouched.calls
+            wait_until(
+                lambda: (
+                    infer(ch, add_sub_request([1], [1])).route.endpoint == "static" and vouched.calls > calls
+                ),
+                5,
+                "a call reaching the broken endpoint",
+            )
+            wait_until(lambda: vouched.live_checks > before[1], 2, "an immediate check after the failed call")
+            checks = vouched.live_checks
+            time.sleep(1.5)
+            assert vouched.live_checks - checks >= 3  # down: checked every round
+            vouched.failing, vouched.live = False, True
+            wait_until(
+                lambda: "vouched" in {infer(ch, add_sub_request([1], [1])).route.endpoint for _ in range(6)},
+                5,
+                "the endpoint back",
+            )
+            checks = vouched.live_checks
+            time.sleep(1.5)
+            assert vouched.live_checks - checks <= 1  # ready again: Consul vouches, 30 s
+    finally:
+        gw.stop()
+        static.close()
+        vouched.close()

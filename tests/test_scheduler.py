@@ -13,7 +13,7 @@ from gateway.endpoints import EndpointState
 from gateway.routing import plugins
 from gateway.routing.outlier import OutlierDetector, OutlierPolicy, RetryBudget
 from gateway.routing.plugins import Context, RequestInfo
-from gateway.routing.probe import LoadSample, load_metric_names, parse_page, split_background
+from gateway.routing.probe import LoadSample, herd_factors, load_metric_names, observe, parse_page, split_load
 from gateway.routing.scheduler import Scheduler
 
 NOW = 1000.0
@@ -73,22 +73,80 @@ def test_predicted_counts_free_slots_so_light_work_uses_an_idle_slow_gpu() -> No
 def test_background_gpu_load_slows_the_predicted_rate_and_stale_values_stop_counting() -> None:
     s = state("a", capacity=2, slots=2)
     t0 = s.busy_since
-    split_background(s, 0.8, t0 + 1.0)  # nothing of ours ran: all 80% is someone else's
+    split_load(s, LoadSample(at=t0 + 1.0, gpu_util=0.8))  # nothing of ours ran: all 80% is someone else's
     ctx = Context(t0 + 1.0, 5.0)
     assert plugins.background_util(s, ctx) == pytest.approx(0.8)
     assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / (2 * 0.2))
     # One of two slots ours for the whole next window: g = x + (1 - x) * 0.5 -> x = (0.8 - 0.5) / 0.5
     s.in_flight, s.busy_since = 1, t0 + 1.0
-    split_background(s, 0.8, t0 + 2.0)
+    split_load(s, LoadSample(at=t0 + 2.0, gpu_util=0.8))
     assert plugins.background_util(s, Context(t0 + 2.0, 5.0)) == pytest.approx(0.6)
     # All slots ours: g says nothing about x, the last estimate stays.
     s.in_flight, s.busy_since = 2, t0 + 2.0
-    split_background(s, 1.0, t0 + 3.0)
+    split_load(s, LoadSample(at=t0 + 3.0, gpu_util=1.0))
     assert plugins.background_util(s, Context(t0 + 3.0, 5.0)) == pytest.approx(0.6)
     assert plugins.background_util(s, Context(t0 + 9.0, 5.0)) == 0.0  # older than max_age_s
+    # Requests waiting in its queue: every slot is taken, so g says nothing about x either.
+    s.in_flight, s.busy_since = 0, t0 + 3.0
+    split_load(s, LoadSample(at=t0 + 4.0, gpu_util=0.2, queue=2.0))
+    assert plugins.background_util(s, Context(t0 + 4.0, 5.0)) == pytest.approx(0.6)
     s.load = LoadSample(at=t0 + 3.0, gpu_util=0.8)
     assert plugins.s_gpu_headroom(s, req(), Context(t0 + 3.5, 5.0)) == pytest.approx(0.2)
     assert plugins.s_gpu_headroom(s, req(), Context(t0 + 9.0, 5.0)) == 0.5
+
+
+def triton_page(done: int, compute_s: float, util: float) -> str:
+    return (
+        f'nv_inference_request_success{{model="m",version="1"}} {done}\n'
+        f'nv_inference_compute_infer_duration_us{{model="m",version="1"}} {compute_s * 1e6:.0f}\n'
+        f'DCGM_FI_DEV_GPU_UTIL{{gpu="0"}} {util * 100:.0f}\n'
+    )
+
+
+def test_other_callers_requests_hold_slots_without_slowing_the_gpu() -> None:
+    """Another gateway replica keeps 3 of 4 slots busy: the GPU reports 75% utilisation. That is
+    occupancy (Triton's compute-time counter says 3 requests ran on average), not a slower GPU:
+    one slot is free and a new request runs at full speed; a second one of ours would wait."""
+    specs = load_metric_names()["any"] + load_metric_names()["triton"]
+    s = state("a", capacity=2, slots=4)
+    t0 = s.busy_since
+    first = parse_page(triton_page(0, 0.0, 0.0), specs, t0 + 1.0, None)
+    observe(s, first)
+    page = parse_page(triton_page(30, 3.0, 0.75), specs, t0 + 2.0, first)  # 30 answers, none ours
+    assert (page.busy, page.completed) == (pytest.approx(3.0), 30)
+    observe(s, page)
+    ctx = Context(t0 + 2.0, 5.0)
+    assert s.shared is not None
+    assert s.shared.others == pytest.approx(3.0)
+    assert plugins.background_util(s, ctx) == pytest.approx(0.0)
+    assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / 2)  # the free slot, full speed
+    s.in_flight, s.outstanding_units = 1, 1.0
+    # busy = 1 + 3 = slots: one ahead, of 1 unit, on 4 slots at rate 2
+    assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / 2 + 1 / (2 * 4))
+    # Without the compute counter, the same 75% would all read as background load.
+    t = state("b", capacity=2, slots=4)
+    split_load(t, LoadSample(at=t.busy_since + 1.0, gpu_util=0.75))
+    assert plugins.background_util(t, Context(t.busy_since + 1.0, 5.0)) == pytest.approx(0.75)
+
+
+def test_replicas_share_extrapolates_what_the_others_sent_since_the_scrape() -> None:
+    """We answered 10 of its 30 requests: our share is 1/3. Two more calls of ours since the
+    scrape mean about four more from the other replicas, deciding from the same snapshot."""
+    specs = load_metric_names()["any"] + load_metric_names()["triton"]
+    s = state("a", capacity=1, slots=8)
+    t0 = s.busy_since
+    first = parse_page(triton_page(0, 0.0, 0.0), specs, t0 + 1.0, None)
+    observe(s, first)
+    s.completed = 10
+    observe(s, parse_page(triton_page(30, 0.0, 0.0), specs, t0 + 2.0, first))
+    herd_factors([s])
+    assert s.shared is not None and s.shared.share == pytest.approx(1 / 3)
+    assert s.shared.herd == pytest.approx(2.0)
+    ctx = Context(t0 + 2.0, 5.0)
+    s.in_flight, s.outstanding_units = 5, 5.0  # 5 more since the scrape: 5 + 10 others = 15 busy
+    # ahead = 5 + 10 - 8 + 1 = 8, each 1 unit, on 8 slots at rate 1
+    assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 + 8 / 8)
+    assert plugins.predicted_seconds(state("alone", slots=8, in_flight=5, units=5), req(1), ctx) == 1
 
 
 def test_scraped_queue_counts_as_work_ahead() -> None:

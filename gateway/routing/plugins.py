@@ -106,27 +106,37 @@ def s_region(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
 
 
 def background_util(state: EndpointState, ctx: Context) -> float:
-    """x: the share of the GPU busy with work that is not ours (another tenant, other gateway
-    replicas), split from the scraped utilisation by probe.split_background; 0 when not fresh."""
-    bg = state.background
-    if bg is None or ctx.now - bg[1] > ctx.max_age_s:
+    """x: the share of the GPU taken by work outside the server (another tenant), split from the
+    scraped utilisation by probe.split_load; 0 when not fresh."""
+    shared = state.shared
+    if shared is None or ctx.now - shared.at > ctx.max_age_s:
         return 0.0
-    return bg[0]
+    return shared.background
 
 
 def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """Predicted completion of this request at e, in units of "one unit on an idle cap-1 GPU".
 
-    rate = cap x (1 - x) / d                   (x: background_util; d: state.slowdown, latency
-                                                feedback for what the metrics do not explain;
-                                                1 inside the dead band 0.8..1.25, and 1 while
-                                                nothing of ours runs there: idle, the GPU's
-                                                utilisation shows its background itself, and
-                                                equal idle endpoints share the traffic)
+    rate = cap x (1 - x) / d                   (x: background, probe.split_load; d:
+                                                state.slowdown, latency feedback for what the
+                                                metrics do not explain; 1 inside the dead band
+                                                0.8..1.25, and 1 while nothing of ours runs
+                                                there: idle, the GPU's utilisation shows its
+                                                background itself, and equal idle endpoints
+                                                share the traffic)
     service = u / rate
-    wait = 0 while a free slot exists (a < slots): light work must not queue behind a slow idle
-           GPU's empty slots, nor skip them either;
-         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(a - slots + 1, 0) + q',
+    busy = a + o + (a - a0) h                  (o: other callers' requests executing there at
+                                                the scrape, probe.split_load: other gateway
+                                                replicas' calls hold slots but do not slow ours;
+                                                a0: ours at the scrape; h: calls the other
+                                                replicas send per call of ours, probe.
+                                                herd_factors. Replicas deciding from the same
+                                                snapshot make the same choices: what we sent
+                                                since the scrape, they sent too, h times over.
+                                                This is what stops the herd.)
+    wait = 0 while a free slot exists (busy < slots): light work must not queue behind a slow
+           idle GPU's empty slots, nor skip them either;
+         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(busy - slots + 1, 0) + q',
            q' = the scraped queue minus what of it was ours at the scrape (ours are counted
            exactly in a; only other replicas' and clients' calls are news)
 
@@ -137,24 +147,26 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     a = state.in_flight
     load = state.load
     x = 0.0
-    q = 0.0
-    bg = state.background
-    if bg is not None and ctx.now - bg[1] <= ctx.max_age_s:
-        x = bg[0]
+    ahead: float = a - slots + 1
+    shared = state.shared
+    if shared is not None and ctx.now - shared.at <= ctx.max_age_s:
+        x = shared.background
+        ahead += shared.others
+        if shared.herd:
+            ahead += (a - shared.in_flight) * shared.herd
+    if ahead < 0:
+        ahead = 0
     if load is not None and ctx.now - load.at <= ctx.max_age_s:
         mq = load.model_queue
         q = mq.get(req.model, 0.0) if mq else (load.queue or 0.0)
+        others = q - state.queued_at_scrape  # queued there, not by us (other replicas, clients)
+        if others > 0:
+            ahead += others
     d = state.slowdown
     if a == 0 or 0.8 < d < 1.25:  # idle (the metrics speak for it), or within the noise
         d = 1.0
     rate = ep.capacity * (1.0 - x) / d
     service = req.units / rate
-    ahead: float = a - slots + 1
-    if ahead < 0:
-        ahead = 0
-    others = q - state.queued_at_scrape  # queued there, not by us (other replicas, clients)
-    if others > 0:
-        ahead += others
     if ahead <= 0:
         return service
     mean_units = state.outstanding_units / a if a else req.units

@@ -27,7 +27,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..endpoints import EndpointState
+from ..endpoints import EndpointState, Shared
 
 log = logging.getLogger("meshgate.probe")
 
@@ -93,6 +93,10 @@ class LoadSample:
     queue: float | None = None
     running: float | None = None
     kv_cache: float | None = None
+    # Requests executing on average since the previous scrape, all models: compute-seconds per
+    # second from the compute-time counter (Little's law), else the `running` gauge (vLLM).
+    busy: float | None = None
+    completed: float | None = None  # requests answered since the previous scrape, all models
     # Per model (None key = all models): waiting requests, and per-request queue/compute seconds
     # over the last scrape interval (from cumulative counters).
     model_queue: Mapping[str, float] = field(default_factory=dict)
@@ -147,12 +151,24 @@ def parse_page(text: str, specs: Iterable[MetricSpec], at: float, previous: Load
         if signal in sums:
             counters[(signal, "")] = sum(sums[signal])
     queue_s, compute_s = _rates(counters, previous)
+    running = total("running")
+    busy = running
+    completed = None
+    if previous is not None and at > previous.at:
+        now_c, old_c = counters.get(("compute_us", "")), previous.counters.get(("compute_us", ""))
+        if now_c is not None and old_c is not None and now_c >= old_c:
+            busy = (now_c - old_c) / 1e6 / (at - previous.at)
+        now_r, old_r = counters.get(("requests", "")), previous.counters.get(("requests", ""))
+        if now_r is not None and old_r is not None and now_r >= old_r:
+            completed = now_r - old_r
     return LoadSample(
         at=at,
         gpu_util=mean("gpu_util"),
         gpu_mem=gpu_mem,
         queue=total("queue"),
-        running=total("running"),
+        running=running,
+        busy=busy,
+        completed=completed,
         kv_cache=mean("kv_cache"),
         model_queue={m: v for (s, m), v in per_model.items() if s == "queue"},
         queue_s_per_request=queue_s,
@@ -185,35 +201,95 @@ def _rates(
 
 def observe(state: EndpointState, sample: LoadSample) -> None:
     """A fresh scrape of `state`'s metrics: keep it, and what it says beyond our own calls."""
-    state.load = sample
+    previous, state.load = state.load, sample
     # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
     # (other replicas', other clients') is news; a stale total would double-count ours.
     state.queued_at_scrape = max(0, state.in_flight - state.endpoint.slots)
     # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
     # slow gets little traffic, so it must not stay judged slow on old evidence.
     state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
-    if sample.gpu_util is not None:
-        split_background(state, sample.gpu_util, sample.at)
+    split_load(state, sample, previous)
 
 
-def split_background(state: EndpointState, gpu_util: float, now: float) -> None:
-    """Split a scraped GPU utilisation g into ours and everyone else's (x, the background).
+def split_load(state: EndpointState, sample: LoadSample, previous: LoadSample | None = None) -> None:
+    """Split what a scrape says into ours and everyone else's: `state.shared`.
 
-    Our busy share b is averaged over the time since the previous scrape (GPU utilisation is a
-    windowed average too: DCGM samples it over its collection interval). A GPU running other
-    work x and ours b of the time reports g = x + (1 - x) b, so x = (g - b) / (1 - b), clamped
-    to [0, 0.95]. When our work fills the GPU (b >= 0.95), g says nothing about x: keep the last.
+    Two different things hide in "the GPU is busy", and they cost a new request differently:
+    - occupancy: other callers' requests (other gateway replicas, other clients) hold batch
+      slots. A new request waits for a slot but, once running, runs at full speed. Measured as
+      o = B (1 - s): B the requests executing on average over the window (`busy`: Triton's
+      compute-time counter over elapsed time, or vLLM's running gauge), s our share of the
+      requests the endpoint answered over recent windows (ours / its request counter). Without a
+      request counter, o = B - ours, ours our own busy share (EndpointState.busy_area) times
+      the slots.
+    - background x: work outside the serving process (another tenant on the GPU) that slows
+      every request. A GPU busy with n of its slots' worth of requests and x of other work
+      reports g = x + (1 - x) n / slots (utilisation is a windowed average too: DCGM samples
+      over its collection interval), so x = (g - n / slots) / (1 - n / slots), n = B where the
+      page says B, else ours (all the rest then shows as background). Clamped to [0, 0.95].
+      When requests fill the GPU (n / slots >= 0.95, or requests wait in its queue), g says
+      nothing about x: keep the last.
+
+    o is smoothed over scrapes (half per scrape, `previous` being the last sample): compute-time
+    counters move when a request
+    completes, so one long request lands in one window. s counts answers over recent windows
+    (both counts decay by 0.8 per scrape); herd_factors sums them per pool.
     """
+    gpu_util, busy, done, now = sample.gpu_util, sample.busy, sample.completed, sample.at
+    if gpu_util is None and busy is None:
+        return
     state.account_busy(now)
     area, at = state.busy_mark
     b = (state.busy_area - area) / (now - at) if now > at else 0.0
     state.busy_mark = (state.busy_area, now)
-    if b >= 0.95:
-        if state.background is not None:
-            state.background = (state.background[0], now)
-        return
-    x = (gpu_util - b) / (1.0 - b)
-    state.background = (min(0.95, max(0.0, x)), now)
+    slots = state.endpoint.slots
+    last = state.shared
+    share, seen_ours, seen_all, others, x = 1.0, 0.0, 0.0, 0.0, 0.0
+    if last is not None:
+        share, seen_ours, seen_all, others, x = (
+            last.share,
+            last.seen_ours,
+            last.seen_all,
+            last.others,
+            last.background,
+        )
+        if done is not None:
+            seen_ours = 0.8 * seen_ours + (state.completed - last.completed)
+            seen_all = 0.8 * seen_all + done
+            if seen_all >= 1.0:
+                share = min(1.0, seen_ours / seen_all)
+    n = b
+    if busy is not None:
+        fresh = busy * (1.0 - share) if done is not None else max(0.0, busy - b * slots)
+        smooth = previous is not None and previous.busy is not None
+        others = 0.5 * (others + fresh) if smooth else fresh
+        n = min(1.0, busy / slots)
+    if sample.queue:  # requests wait: every slot is taken
+        n = 1.0
+    if gpu_util is not None and n < 0.95:
+        x = min(0.95, max(0.0, (gpu_util - n) / (1.0 - n)))
+    herd = last.herd if last is not None else 0.0
+    state.shared = Shared(x, others, now, share, state.in_flight, state.completed, seen_ours, seen_all, herd)
+
+
+def herd_factors(states: Iterable[EndpointState]) -> None:
+    """Per pool, how many calls other gateway replicas send per call of ours: h = 1 / S - 1, S
+    our share of the answers of all the pool's scraped endpoints over recent windows (capped at
+    h = 19, S = 5%). Pool-wide, not per endpoint: replicas behind one load balancer see the same
+    traffic and react alike to the same scraped snapshot, which is what predicted_seconds
+    extrapolates; a client calling one endpoint directly lowers our share there but does not
+    herd with us. 0 where we are the only caller, or before the counters say."""
+    by_pool: dict[str, list[EndpointState]] = {}
+    for s in states:
+        if s.shared is not None:
+            by_pool.setdefault(s.endpoint.pool, []).append(s)
+    for members in by_pool.values():
+        ours = sum(s.shared.seen_ours for s in members if s.shared is not None)
+        seen = sum(s.shared.seen_all for s in members if s.shared is not None)
+        herd = 1.0 / max(0.05, min(1.0, ours / seen)) - 1.0 if seen >= 1.0 else 0.0
+        for s in members:
+            if s.shared is not None and s.shared.herd != herd:
+                s.shared = s.shared._replace(herd=herd)
 
 
 def _name(line: str) -> str:
@@ -262,6 +338,7 @@ class LoadProbe:
         for url in [u for u in self._last if u not in by_url]:
             del self._last[url]
         await asyncio.gather(*(self._scrape(url, states) for url, states in by_url.items()))
+        herd_factors(s for states in by_url.values() for s in states)
 
     async def _get(self, url: str) -> str:
         resp = await self._client.get(url)

@@ -218,6 +218,7 @@ class Scheduler:
                 ratio = min(20.0, max(0.25, r / base))
                 state.slowdown += a * (ratio - state.slowdown)
         if ok:
+            state.completed += 1
             self.outliers.success(state)
         elif endpoint_fault:
             self.outliers.failure(state)

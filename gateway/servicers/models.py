@@ -46,6 +46,7 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
                 ejected=s.ejected_until > now,
                 consecutive_failures=s.consecutive_failures,
                 latency_per_unit_seconds=s.latency.get(name, 0.0),
+                health_checked=s.health_checked,
             )
             load = s.load
             if load is not None:
@@ -57,9 +58,15 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
                     ("queue_depth", load.queue_for(name)),
                     ("running", load.running),
                     ("kv_cache_usage", load.kv_cache),
+                    ("busy", load.busy),
                 ):
                     if value is not None:
                         setattr(ep.load, field, value)
+                shared = s.shared
+                if shared is not None:
+                    ep.load.others_running = shared.others
+                    ep.load.background_load = shared.background
+                    ep.load.our_share = shared.share
     return model
 
 

@@ -55,7 +55,7 @@ class Pool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ready: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago", "capacity", "slots", "outstanding_units", "score", "ejected", "consecutive_failures", "load", "latency_per_unit_seconds")
+    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago", "capacity", "slots", "outstanding_units", "score", "ejected", "consecutive_failures", "load", "latency_per_unit_seconds", "health_checked")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Endpoint(_message.Message):
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     LATENCY_PER_UNIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECKED_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     backend: str
@@ -88,20 +89,29 @@ class Endpoint(_message.Message):
     consecutive_failures: int
     load: EndpointLoad
     latency_per_unit_seconds: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ..., capacity: _Optional[float] = ..., slots: _Optional[int] = ..., outstanding_units: _Optional[float] = ..., score: _Optional[float] = ..., ejected: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., load: _Optional[_Union[EndpointLoad, _Mapping]] = ..., latency_per_unit_seconds: _Optional[float] = ...) -> None: ...
+    health_checked: bool
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ..., capacity: _Optional[float] = ..., slots: _Optional[int] = ..., outstanding_units: _Optional[float] = ..., score: _Optional[float] = ..., ejected: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., load: _Optional[_Union[EndpointLoad, _Mapping]] = ..., latency_per_unit_seconds: _Optional[float] = ..., health_checked: _Optional[bool] = ...) -> None: ...
 
 class EndpointLoad(_message.Message):
-    __slots__ = ("gpu_utilization", "gpu_memory", "queue_depth", "running", "kv_cache_usage", "age_seconds")
+    __slots__ = ("gpu_utilization", "gpu_memory", "queue_depth", "running", "kv_cache_usage", "age_seconds", "busy", "others_running", "background_load", "our_share")
     GPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_LOAD_FIELD_NUMBER: _ClassVar[int]
+    OUR_SHARE_FIELD_NUMBER: _ClassVar[int]
     gpu_utilization: float
     gpu_memory: float
     queue_depth: float
     running: float
     kv_cache_usage: float
     age_seconds: float
-    def __init__(self, gpu_utilization: _Optional[float] = ..., gpu_memory: _Optional[float] = ..., queue_depth: _Optional[float] = ..., running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., age_seconds: _Optional[float] = ...) -> None: ...
+    busy: float
+    others_running: float
+    background_load: float
+    our_share: float
+    def __init__(self, gpu_utilization: _Optional[float] = ..., gpu_memory: _Optional[float] = ..., queue_depth: _Optional[float] = ..., running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., age_seconds: _Optional[float] = ..., busy: _Optional[float] = ..., others_running: _Optional[float] = ..., background_load: _Optional[float] = ..., our_share: _Optional[float] = ...) -> None: ...
