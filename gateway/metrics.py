@@ -211,7 +211,8 @@ class _EndpointCollector(Collector):
         )
         signal = GaugeMetricFamily(
             "meshgate_endpoint_load",
-            "The endpoint's latest scraped load signals (gpu_util, gpu_mem, queue, running, kv_cache).",
+            "The endpoint's latest scraped load signals (gpu_util, gpu_mem, queue, running, kv_cache,"
+            " busy) and what the scheduler makes of them (others_running, background, our_share).",
             labels=["pool", "endpoint", "signal"],
         )
         scrape_age = GaugeMetricFamily(
@@ -233,10 +234,15 @@ class _EndpointCollector(Collector):
             load = s.load
             if load is not None:
                 scrape_age.add_metric(labels, now - load.at)
-                for name in ("gpu_util", "gpu_mem", "queue", "running", "kv_cache"):
+                for name in ("gpu_util", "gpu_mem", "queue", "running", "kv_cache", "busy"):
                     value = getattr(load, name)
                     if value is not None:
                         signal.add_metric([*labels, name], value)
+            shared = s.shared
+            if shared is not None:
+                signal.add_metric([*labels, "others_running"], shared.others)
+                signal.add_metric([*labels, "background"], shared.background)
+                signal.add_metric([*labels, "our_share"], shared.share)
         yield from (ready, inflight, age, units, score, ejected, signal, scrape_age)
 
 

@@ -149,11 +149,41 @@ def test_another_clients_running_requests_hold_the_slot(equal: Gateway, triton_a
             shown = _load(ch, "a", "sleep").load
             assert shown.busy >= 0 and shown.our_share < 0.5 and shown.queue_depth == 0
             assert shown.background_load == pytest.approx(0.0)  # occupancy, not a slower GPU
+            assert (
+                'meshgate_endpoint_load{endpoint="a",pool="gpu",signal="others_running"}'
+                in equal.metrics_text()
+            )
             routed = Counter(infer(ch, _sleep_request(10)).route.endpoint for _ in range(20))
             assert routed["b"] >= 19, routed
     finally:
         stop.set()
         thread.join()
+
+
+def test_one_triton_in_two_pools_counts_all_its_answers_as_ours(
+    triton_a: Triton, dcgm: tuple[DCGMStandIn, DCGMStandIn]
+) -> None:
+    """One Triton serves two pools of this gateway (one scrape for both): every answer it counts
+    is ours, so our share is 1 on both, not half ours and half another replica's."""
+    one = _endpoint("one", triton_a, dcgm[0])
+    config = {
+        "pools": {"gpu": {"endpoints": [one]}, "gpu2": {"endpoints": [{**one, "id": "two"}]}},
+        "routing": {"load_probe": {"interval_s": SCRAPE_S, "max_age_s": 1.0}},
+    }
+    gw = Gateway(config).start()
+    try:
+        gw.wait_serving("gpu")
+        with grpc.insecure_channel(gw.address) as ch:
+            routed = _routes(ch, 40)
+            assert routed["one"] > 0 and routed["two"] > 0, routed
+            time.sleep(3 * SCRAPE_S)
+            model = models_pb2_grpc.ModelsStub(ch).GetModel(
+                models_pb2.GetModelRequest(name="add_sub"), timeout=5
+            )
+            shares = {e.id: e.load.our_share for p in model.model.pools for e in p.endpoints}
+            assert shares == {"one": pytest.approx(1.0), "two": pytest.approx(1.0)}, shares
+    finally:
+        gw.stop()
 
 
 def test_heavy_work_goes_to_the_big_gpu_and_light_work_uses_free_slots(

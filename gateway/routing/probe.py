@@ -199,8 +199,11 @@ def _rates(
     return queue_s, compute_s
 
 
-def observe(state: EndpointState, sample: LoadSample) -> None:
-    """A fresh scrape of `state`'s metrics: keep it, and what it says beyond our own calls."""
+def observe(state: EndpointState, sample: LoadSample, completed: int | None = None) -> None:
+    """A fresh scrape of `state`'s metrics: keep it, and what it says beyond our own calls.
+
+    `completed`: our answered calls to the server behind the page, when more than one endpoint
+    state shares it (one Triton serving two pools): all of them are ours."""
     previous, state.load = state.load, sample
     # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
     # (other replicas', other clients') is news; a stale total would double-count ours.
@@ -208,10 +211,12 @@ def observe(state: EndpointState, sample: LoadSample) -> None:
     # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
     # slow gets little traffic, so it must not stay judged slow on old evidence.
     state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
-    split_load(state, sample, previous)
+    split_load(state, sample, previous, state.completed if completed is None else completed)
 
 
-def split_load(state: EndpointState, sample: LoadSample, previous: LoadSample | None = None) -> None:
+def split_load(
+    state: EndpointState, sample: LoadSample, previous: LoadSample | None = None, completed: int | None = None
+) -> None:
     """Split what a scrape says into ours and everyone else's: `state.shared`.
 
     Two different things hide in "the GPU is busy", and they cost a new request differently:
@@ -238,6 +243,8 @@ def split_load(state: EndpointState, sample: LoadSample, previous: LoadSample | 
     gpu_util, busy, done, now = sample.gpu_util, sample.busy, sample.completed, sample.at
     if gpu_util is None and busy is None:
         return
+    if completed is None:
+        completed = state.completed
     state.account_busy(now)
     area, at = state.busy_mark
     b = (state.busy_area - area) / (now - at) if now > at else 0.0
@@ -254,7 +261,7 @@ def split_load(state: EndpointState, sample: LoadSample, previous: LoadSample | 
             last.background,
         )
         if done is not None:
-            seen_ours = 0.8 * seen_ours + (state.completed - last.completed)
+            seen_ours = 0.8 * seen_ours + (completed - last.completed)
             seen_all = 0.8 * seen_all + done
             if seen_all >= 1.0:
                 share = min(1.0, seen_ours / seen_all)
@@ -269,7 +276,7 @@ def split_load(state: EndpointState, sample: LoadSample, previous: LoadSample | 
     if gpu_util is not None and n < 0.95:
         x = min(0.95, max(0.0, (gpu_util - n) / (1.0 - n)))
     herd = last.herd if last is not None else 0.0
-    state.shared = Shared(x, others, now, share, state.in_flight, state.completed, seen_ours, seen_all, herd)
+    state.shared = Shared(x, others, now, share, state.in_flight, completed, seen_ours, seen_all, herd)
 
 
 def herd_factors(states: Iterable[EndpointState]) -> None:
@@ -360,8 +367,9 @@ class LoadProbe:
             return
         self.errors.pop(url, None)
         self._last[url] = sample
+        completed = sum(s.completed for s in states)
         for state in states:
-            observe(state, sample)
+            observe(state, sample, completed)
         self._on_scrape(url, True)
 
     async def run(self) -> None:
