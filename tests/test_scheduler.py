@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 
@@ -367,3 +368,29 @@ def test_alias_split_follows_weights_then_the_fallback_chain() -> None:
     chain, spill = policies.chain("chat", "")
     assert chain[1:] == (small,) and spill
     assert policies.chain("plain", "3") == ((Target("plain", "3"),), False)  # not an alias
+
+
+def test_an_ensembles_composing_models_do_not_count_as_other_callers() -> None:
+    """Triton counts an ensemble call once for the ensemble and once per composing model. Only
+    the models the endpoint declares count, so 10 calls of ours through `pipe` are all of its
+    answers (our share 1), and its compute time is the ensemble's, not three times over."""
+    specs = load_metric_names()["triton"]
+
+    def page(n: int) -> str:
+        return "".join(
+            f'nv_inference_request_success{{model="{m}",version="1"}} {n}\n'
+            f'nv_inference_compute_infer_duration_us{{model="{m}",version="1"}} {n * 50_000}\n'
+            for m in ("pipe", "pre", "post")
+        )
+
+    s = state("a", slots=4)
+    s.endpoint = dataclasses.replace(s.endpoint, models=(ModelRef("pipe"),))
+    t0 = s.busy_since
+    first = parse_page(page(0), specs, t0 + 1.0, None)
+    observe(s, first)
+    s.completed = 10
+    observe(s, parse_page(page(10), specs, t0 + 2.0, first))
+    assert s.shared is not None
+    assert s.shared.share == pytest.approx(1.0)
+    assert s.shared.others == pytest.approx(0.0)
+    assert s.load is not None and s.load.busy == pytest.approx(1.5)  # the page's total: 3 x 0.5 s

@@ -199,11 +199,16 @@ def _rates(
     return queue_s, compute_s
 
 
-def observe(state: EndpointState, sample: LoadSample, completed: int | None = None) -> None:
+def observe(
+    state: EndpointState,
+    sample: LoadSample,
+    completed: int | None = None,
+    models: frozenset[str] | None = None,
+) -> None:
     """A fresh scrape of `state`'s metrics: keep it, and what it says beyond our own calls.
 
-    `completed`: our answered calls to the server behind the page, when more than one endpoint
-    state shares it (one Triton serving two pools): all of them are ours."""
+    When more than one endpoint state shares the page (one Triton serving two pools),
+    `completed` is our answered calls to all of them and `models` all the models they declare."""
     previous, state.load = state.load, sample
     # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
     # (other replicas', other clients') is news; a stale total would double-count ours.
@@ -211,11 +216,34 @@ def observe(state: EndpointState, sample: LoadSample, completed: int | None = No
     # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
     # slow gets little traffic, so it must not stay judged slow on old evidence.
     state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
-    split_load(state, sample, previous, state.completed if completed is None else completed)
+    if completed is None:
+        completed = state.completed
+    if models is None:
+        models = frozenset(ref.name for ref in state.endpoint.models)
+    split_load(state, sample, previous, completed, models)
+
+
+def _declared(sample: LoadSample, previous: LoadSample, signal: str, models: frozenset[str]) -> float | None:
+    """A counter's growth since `previous`, summed over `models` where the page counts per
+    model; None where it does not, or a counter went back (the server restarted)."""
+    total, seen = 0.0, False
+    for m in models:
+        now_v, old_v = sample.counters.get((signal, m)), previous.counters.get((signal, m))
+        if now_v is None or old_v is None:
+            continue
+        if now_v < old_v:
+            return None
+        total += now_v - old_v
+        seen = True
+    return total if seen else None
 
 
 def split_load(
-    state: EndpointState, sample: LoadSample, previous: LoadSample | None = None, completed: int | None = None
+    state: EndpointState,
+    sample: LoadSample,
+    previous: LoadSample | None = None,
+    completed: int | None = None,
+    models: frozenset[str] = frozenset(),
 ) -> None:
     """Split what a scrape says into ours and everyone else's: `state.shared`.
 
@@ -235,12 +263,23 @@ def split_load(
       When requests fill the GPU (n / slots >= 0.95, or requests wait in its queue), g says
       nothing about x: keep the last.
 
+    Where the page counts per model (Triton), B and the answers count only the `models` the
+    endpoint declares: an ensemble's composing models would count each call again, and other
+    models' work is not in these slots (it shows in g as background).
+
     o is smoothed over scrapes (half per scrape, `previous` being the last sample): compute-time
-    counters move when a request
-    completes, so one long request lands in one window. s counts answers over recent windows
-    (both counts decay by 0.8 per scrape); herd_factors sums them per pool.
+    counters move when a request completes, so one long request lands in one window. s counts
+    answers over recent windows (both counts decay by 0.8 per scrape); herd_factors sums them
+    per pool.
     """
     gpu_util, busy, done, now = sample.gpu_util, sample.busy, sample.completed, sample.at
+    if previous is not None and models and now > previous.at:
+        declared = _declared(sample, previous, "requests", models)
+        if declared is not None:
+            done = declared
+        declared = _declared(sample, previous, "compute_us", models)
+        if declared is not None:
+            busy = declared / 1e6 / (now - previous.at)
     if gpu_util is None and busy is None:
         return
     if completed is None:
@@ -368,8 +407,9 @@ class LoadProbe:
         self.errors.pop(url, None)
         self._last[url] = sample
         completed = sum(s.completed for s in states)
+        models = frozenset(ref.name for s in states for ref in s.endpoint.models)
         for state in states:
-            observe(state, sample, completed)
+            observe(state, sample, completed, models)
         self._on_scrape(url, True)
 
     async def run(self) -> None:
