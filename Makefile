@@ -88,6 +88,7 @@ bench-balance: venv
 # on a simulated clock): herding on a stale shared snapshot, and decision cost at that size.
 bench-des: venv
 	$(BIN)/python -m bench.des $(BENCH_ARGS)
+	$(BIN)/python -m bench.des --replicas 1,10 --policies weighted_least_request,predicted_best_of_k $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -255,7 +255,7 @@ def placement(records: list[tuple[str, float, float, float, float]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", type=int, default=1000)
-    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--replicas", default="3", help="gateway replicas; a comma list runs each")
     ap.add_argument("--seconds", type=float, default=6.0, help="simulated seconds per run")
     ap.add_argument(
         "--policies",
@@ -267,29 +267,33 @@ def main() -> int:
     ap.add_argument("--explain", action="store_true", help="print where each kind of request went")
     args = ap.parse_args()
     lines = [
-        f"{args.backends} backends, {args.replicas} replicas, {args.seconds:g} simulated s per run",
+        f"{args.backends} backends, {args.seconds:g} simulated s per run",
         "",
-        "| load | policy | p50 ms | p99 ms | light p99 | heavy p99 | heavy on cap 1 | requests"
+        "| replicas | load | policy | p50 ms | p99 ms | light p99 | heavy p99 | heavy on cap 1 | requests"
         " | decision p50 | decision p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for load in (0.7, 0.9):
-        for policy in args.policies.split(","):
-            t0 = time.monotonic()
-            if args.explain:
-                print(f"  {load:.0%} {policy}")
-            r = simulate(
-                policy, args.backends, args.replicas, load, args.seconds, seed=7, explain=args.explain
-            )
-            print(
-                f"  {load:.0%} {policy:24} p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  ({time.monotonic() - t0:.0f} s)",
-                flush=True,
-            )
-            lines.append(
-                f"| {load:.0%} | {policy} | {r['p50']:.0f} | {r['p99']:.0f} | {r['light_p99']:.0f} |"
-                f" {r['heavy_p99']:.0f} | {r['heavy_on_slowest']:.0%} | {r['requests']} |"
-                f" {r['decide_p50_us']:.0f} us | {r['decide_p99_us']:.0f} us |"
-            )
+    runs = [
+        (int(replicas), load, policy)
+        for replicas in args.replicas.split(",")
+        for load in (0.7, 0.9)
+        for policy in args.policies.split(",")
+    ]
+    for replicas, load, policy in runs:
+        t0 = time.monotonic()
+        if args.explain:
+            print(f"  {replicas} replicas {load:.0%} {policy}")
+        r = simulate(policy, args.backends, replicas, load, args.seconds, seed=7, explain=args.explain)
+        print(
+            f"  {replicas:2} x {load:.0%} {policy:28} p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms"
+            f"  ({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
+        lines.append(
+            f"| {replicas} | {load:.0%} | {policy} | {r['p50']:.0f} | {r['p99']:.0f} | {r['light_p99']:.0f} |"
+            f" {r['heavy_p99']:.0f} | {r['heavy_on_slowest']:.0%} | {r['requests']} |"
+            f" {r['decide_p50_us']:.0f} us | {r['decide_p99_us']:.0f} us |"
+        )
     print("\n".join(lines))
     return 0
 
