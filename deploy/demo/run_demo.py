@@ -90,6 +90,13 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # `timeout 60 make run` or a supervisor signals make alone: make dies, this process is
+    # re-parented. Stop then too, rather than leave the demo running without its make.
+    parent = os.getppid()
+
+    def stopping() -> bool:
+        return interrupted or os.getppid() != parent
+
     try:
         log_path = Path(tempfile.gettempdir()) / "meshgate-demo-triton.log"
         print(
@@ -106,7 +113,7 @@ def main() -> int:
         procs.append(gateway)
         deadline = time.monotonic() + 120
         while not all_ready("127.0.0.1:8700"):
-            if interrupted:
+            if stopping():
                 return 130
             for p in procs:
                 if p.poll() is not None:
@@ -131,9 +138,9 @@ tritonclient works too: InferenceServerClient(url="127.0.0.1:8700"). Ctrl-C stop
 """,
             flush=True,
         )
-        while not interrupted and all(p.poll() is None for p in procs):
+        while not stopping() and all(p.poll() is None for p in procs):
             time.sleep(0.3)
-        return 0 if interrupted else 1
+        return 0 if stopping() else 1
     finally:
         print("make run: stopping ...", file=sys.stderr, flush=True)
         for p in reversed(procs):
