@@ -394,3 +394,31 @@ def test_an_ensembles_composing_models_do_not_count_as_other_callers() -> None:
     assert s.shared.share == pytest.approx(1.0)
     assert s.shared.others == pytest.approx(0.0)
     assert s.load is not None and s.load.busy == pytest.approx(1.5)  # the page's total: 3 x 0.5 s
+
+
+def test_vllm_running_and_answers_split_into_ours_and_other_callers() -> None:
+    """vLLM: 4 requests running, 8 answered since the last scrape (vllm:request_success_total,
+    summed over finish reasons), 2 of them ours. Our share is 1/4, so 3 of the 4 running are
+    other callers'."""
+    specs = load_metric_names()["any"] + load_metric_names()["vllm"]
+
+    def page(done_stop: int, done_length: int) -> str:
+        return (
+            'vllm:num_requests_running{model_name="m",engine="0"} 4\n'
+            'vllm:num_requests_waiting{model_name="m",engine="0"} 0\n'
+            f'vllm:request_success_total{{finished_reason="stop",model_name="m",engine="0"}} {done_stop}\n'
+            f'vllm:request_success_total{{finished_reason="length",model_name="m",engine="0"}} {done_length}\n'
+        )
+
+    s = state("v", slots=16)
+    t0 = s.busy_since
+    first = parse_page(page(10, 2), specs, t0 + 1.0, None)
+    observe(s, first)
+    s.completed = 2
+    second = parse_page(page(16, 4), specs, t0 + 2.0, first)
+    assert (second.busy, second.completed) == (4, 8)
+    observe(s, second)
+    assert s.shared is not None
+    assert s.shared.share == pytest.approx(0.25)
+    # Smoothed over scrapes: half the first scrape's 4 (nothing of ours ran), half this one's 3.
+    assert s.shared.others == pytest.approx(0.5 * (4 + 3))
