@@ -82,7 +82,14 @@ class Backend:
 
 
 def simulate(
-    policy: str, n: int, replicas: int, load: float, seconds: float, seed: int, explain: bool = False
+    policy: str,
+    n: int,
+    replicas: int,
+    load: float,
+    seconds: float,
+    seed: int,
+    explain: bool = False,
+    scrape_s: float = 1.0,
 ) -> dict[str, float]:
     rng = random.Random(seed)
     backends = [Backend(i, rng.choice([1.0, 1.0, 2.0, 4.0]), 4) for i in range(n)]
@@ -131,8 +138,8 @@ def simulate(
         heapq.heappush(events, (t, seq, kind, data))
 
     push(rng.expovariate(rate), "arrive", None)
-    for k in range(1, int(seconds) + 1):
-        push(float(k), "scrape", None)
+    for k in range(1, int(seconds / scrape_s) + 1):
+        push(k * scrape_s, "scrape", None)
     for k in range(1, int(seconds / 2) + 1):
         push(2.0 * k, "toggle", None)
     specs = load_metric_names()["any"] + load_metric_names()["triton"]
@@ -265,9 +272,12 @@ def main() -> int:
         "drops the herd factor (what replicas sent since the scrape)",
     )
     ap.add_argument("--explain", action="store_true", help="print where each kind of request went")
+    ap.add_argument(
+        "--scrape-s", type=float, default=1.0, help="seconds between scrapes (the probe's interval_s)"
+    )
     args = ap.parse_args()
     lines = [
-        f"{args.backends} backends, {args.seconds:g} simulated s per run",
+        f"{args.backends} backends, {args.seconds:g} simulated s per run, a scrape every {args.scrape_s:g} s",
         "",
         "| replicas | load | policy | p50 ms | p99 ms | light p99 | heavy p99 | heavy on cap 1 | requests"
         " | decision p50 | decision p99 |",
@@ -283,7 +293,16 @@ def main() -> int:
         t0 = time.monotonic()
         if args.explain:
             print(f"  {replicas} replicas {load:.0%} {policy}")
-        r = simulate(policy, args.backends, replicas, load, args.seconds, seed=7, explain=args.explain)
+        r = simulate(
+            policy,
+            args.backends,
+            replicas,
+            load,
+            args.seconds,
+            seed=7,
+            explain=args.explain,
+            scrape_s=args.scrape_s,
+        )
         print(
             f"  {replicas:2} x {load:.0%} {policy:28} p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms"
             f"  ({time.monotonic() - t0:.0f} s)",
