@@ -422,3 +422,22 @@ def test_vllm_running_and_answers_split_into_ours_and_other_callers() -> None:
     assert s.shared.share == pytest.approx(0.25)
     # Smoothed over scrapes: half the first scrape's 4 (nothing of ours ran), half this one's 3.
     assert s.shared.others == pytest.approx(0.5 * (4 + 3))
+
+
+def test_a_restarted_server_resets_its_counters_without_misleading_the_split() -> None:
+    """Triton restarts: its counters start again from 0. That window says nothing (no negative
+    rates, no share from it); the next one counts again."""
+    specs = load_metric_names()["any"] + load_metric_names()["triton"]
+    s = state("a", slots=4)
+    t0 = s.busy_since
+    first = parse_page(triton_page(100, 50.0, 0.0), specs, t0 + 1.0, None)
+    observe(s, first)
+    s.completed = 40
+    restarted = parse_page(triton_page(3, 0.5, 0.0), specs, t0 + 2.0, first)
+    assert (restarted.busy, restarted.completed) == (None, None)
+    observe(s, restarted)
+    assert s.shared is not None and s.shared.share == 1.0 and s.shared.others == 0.0
+    s.completed = 43
+    observe(s, parse_page(triton_page(9, 2.5, 0.0), specs, t0 + 3.0, restarted))
+    assert s.shared.share == pytest.approx(0.5)  # 3 of the 6 answered since are ours
+    assert s.shared.others == pytest.approx(1.0)  # 2 s of compute in 1 s, half of it others'
