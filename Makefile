@@ -11,7 +11,7 @@ VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream bench-balance bench-des servers system-deps test-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream bench-balance bench-des bench-probe servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-stream   LLM token streaming through meshgate vs direct"
 	@echo "make bench-balance  routing policies compared on simulated GPU backends"
 	@echo "make bench-des      the policies at 1,000 backends x 3 replicas (simulation)"
+	@echo "make bench-probe    the load probe's cost at 200 and 1,000 endpoints"
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +84,10 @@ bench-stream: venv
 bench-balance: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.balance $(BENCH_ARGS)
+
+# The load probe's cost per endpoint and per round, before/after, with nginx serving the pages.
+bench-probe: venv system-deps
+	$(BIN)/python -m bench.probe $(BENCH_ARGS)
 
 # The same policies at 1,000 backends x 3 gateway replicas, simulated (meshgate's scheduler code
 # on a simulated clock): herding on a stale shared snapshot, and decision cost at that size.

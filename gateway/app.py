@@ -61,6 +61,7 @@ class Gateway:
             interval_s=probe_cfg.interval_s,
             jitter=probe_cfg.jitter,
             timeout_s=probe_cfg.timeout_s,
+            max_concurrent=probe_cfg.max_concurrent,
             metric_names=load_metric_names(probe_cfg.metric_names),
             on_scrape=lambda url, ok: self.metrics.scrapes.labels("ok" if ok else "error").inc(),
         )

@@ -108,6 +108,7 @@ class LoadProbeConfig(_Strict):
     timeout_s: float = Field(default=0.5, gt=0)
     max_age_s: float = Field(default=5.0, gt=0)  # older values stop steering
     metric_names: str | None = None  # a YAML file replacing the packaged metric name table
+    max_concurrent: int = Field(default=32, ge=1)  # scrapes in flight at once (the rest wait their turn)
 
 
 class OutlierConfig(_Strict):

@@ -441,3 +441,17 @@ def test_a_restarted_server_resets_its_counters_without_misleading_the_split() -
     observe(s, parse_page(triton_page(9, 2.5, 0.0), specs, t0 + 3.0, restarted))
     assert s.shared.share == pytest.approx(0.5)  # 3 of the 6 answered since are ours
     assert s.shared.others == pytest.approx(1.0)  # 2 s of compute in 1 s, half of it others'
+
+
+def test_the_parser_reads_only_the_declared_models_lines_unless_none_match() -> None:
+    """A Triton serving many models behind an endpoint that declares one is parsed for that one
+    (prometheus_client's parser costs ~15 us a sample); a label that names none of the declared
+    models (a served-model alias) falls back to reading them all."""
+    specs = load_metric_names()["triton"]
+    page = "".join(
+        f'nv_inference_pending_request_count{{model="m{i}",version="1"}} {i}\n' for i in range(1, 12)
+    )
+    only = parse_page(page, specs, NOW, None, frozenset({"m1"}))
+    assert dict(only.model_queue) == {"m1": 1.0} and only.queue == 1.0  # not m10 or m11
+    fallback = parse_page(page, specs, NOW, None, frozenset({"llama"}))
+    assert len(fallback.model_queue) == 11 and fallback.queue == sum(range(1, 12))
