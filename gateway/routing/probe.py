@@ -446,10 +446,10 @@ class LoadProbe:
     async def _scrape(self, url: str, states: list[EndpointState]) -> None:
         specs = self.specs_for(states[0].endpoint.backend)
         urls = [u.strip() for u in url.split(",") if u.strip()]
+        models = frozenset(ref.name for s in states for ref in s.endpoint.models)
         try:
             async with self._slots:
                 pages = await asyncio.gather(*(self._get(u) for u in urls))
-                models = frozenset(ref.name for s in states for ref in s.endpoint.models)
             sample = parse_page("\n".join(pages), specs, time.monotonic(), self._last.get(url), models)
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             message = f"{type(err).__name__}: {err}"[:200]
