@@ -33,7 +33,7 @@ class Shared(NamedTuple):
     background: float  # 0..1: GPU share taken by work outside the server (slows every request)
     others: float  # requests of other callers executing there on average (hold batch slots)
     at: float  # time.monotonic() of the scrape
-    share: float  # our share of the requests there (EWMA over scrapes; 1 = we are the only caller)
+    share: float  # our share of the requests it answered lately (1 = we are the only caller)
     in_flight: int  # our requests in flight there at the scrape
     completed: int  # our requests answered there, up to the scrape
     seen_ours: float  # answers of ours there, recent windows (decayed), behind `share`
