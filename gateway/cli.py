@@ -2,7 +2,7 @@
 
 meshgate serve [--config F] [--workers N]
 meshgate check-config F
-meshgate models [--target HOST:PORT] [--json]
+meshgate models [MODEL] [--target HOST:PORT] [--json]
 meshgate infer --model M --input NAME:DTYPE:SHAPE=1,2,3 [--input NAME:DTYPE=@x.npy] [--json]
 """
 
@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         q.add_argument("--json", action="store_true", help="print JSON")
         q.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        if name == "models":
+            q.add_argument(
+                "model", nargs="?", default="", help="one model: its endpoints and what routing sees of each"
+            )
         if name == "infer":
             q.add_argument("--model", required=True)
             q.add_argument("--version", default="")
@@ -75,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import client
 
     if args.command == "models":
+        if args.model:
+            return client.model_endpoints(args.target, args.model, args.timeout, args.json)
         return client.models(args.target, args.timeout, args.json)
     return client.infer(args)
 

@@ -123,6 +123,46 @@ def models(target: str, timeout: float, as_json: bool) -> int:
     return 0
 
 
+def model_endpoints(target: str, model: str, timeout: float, as_json: bool) -> int:
+    """One model's endpoints and what the scheduler sees of each (why traffic goes where)."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = models_pb2_grpc.ModelsStub(channel).GetModel(
+                models_pb2.GetModelRequest(name=model), timeout=timeout
+            )
+        except grpc.RpcError as err:
+            return _fail(err)
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(resp.model), indent=2))
+        return 0
+
+    def opt(load: models_pb2.EndpointLoad, field: str, fmt: str) -> str:
+        return format(getattr(load, field), fmt) if load.HasField(field) else "-"
+
+    print(
+        f"{'POOL':12} {'ENDPOINT':16} {'READY':5} {'CAP':>4} {'SLOTS':>5} {'INFLT':>5} {'UNITS':>6}"
+        f" {'SCORE':>5} {'GPU':>4} {'QUEUE':>5} {'BUSY':>5} {'OTHERS':>6} {'BG':>4} {'OURS':>4}"
+        f" {'AGE':>5}  STATUS"
+    )
+    for pool in resp.model.pools:
+        for e in pool.endpoints:
+            load = e.load
+            scraped = e.HasField("load")
+            status = "ejected" if e.ejected else e.status_message
+            print(
+                f"{pool.name:12} {e.id:16} {'yes' if e.ready else 'no':5} {e.capacity:4g} {e.slots:5}"
+                f" {e.in_flight:5} {e.outstanding_units:6.1f}"
+                f" {(format(e.score, '.2f') if e.score >= 0 else '-'):>5}"
+                f" {opt(load, 'gpu_utilization', '.0%'):>4} {opt(load, 'queue_depth', 'g'):>5}"
+                f" {opt(load, 'busy', '.1f'):>5} {opt(load, 'others_running', '.1f'):>6}"
+                f" {opt(load, 'background_load', '.0%'):>4} {opt(load, 'our_share', '.0%'):>4}"
+                f" {(format(load.age_seconds, '.1f') + 's') if scraped else '-':>5}  {status}"
+            )
+    return 0
+
+
 def infer(args: argparse.Namespace) -> int:
     try:
         inputs = [parse_input(s) for s in args.input]

@@ -30,6 +30,24 @@ def test_models_table(gateway: Gateway) -> None:
     assert add_sub.split() == ["add_sub", "yes", "triton", "tritons", "2/2"]
 
 
+def test_models_of_one_model_shows_what_routing_sees_per_endpoint(gateway: Gateway) -> None:
+    with grpc.insecure_channel(gateway.address) as ch:
+        for _ in range(4):
+            infer(ch, add_sub_request([1.0], [2.0]))
+    out = meshgate("models", "add_sub", "--target", gateway.address)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:6] == ["POOL", "ENDPOINT", "READY", "CAP", "SLOTS", "INFLT"]
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
+    assert set(rows) == {"triton-a", "triton-b"}
+    a = rows["triton-a"]
+    assert a[0] == "tritons" and a[2] == "yes" and a[-1] == "ready"
+    assert a[8] == "-"  # no metrics_url: nothing scraped
+    assert any(r[7] != "-" for r in rows.values())  # a score from the calls just made
+    missing = meshgate("models", "nope", "--target", gateway.address)
+    assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr and "nope" in missing.stderr
+
+
 def test_infer_prints_outputs_and_route(gateway: Gateway) -> None:
     out = meshgate(
         "infer",

@@ -129,6 +129,7 @@ def main() -> int:
 meshgate is serving on 127.0.0.1:8700 in front of a local Triton. Try:
 
   {mg} models
+  {mg} models add_sub
   {mg} infer --model add_sub --input INPUT0:FP32:4=1,2,3,4 --input INPUT1:FP32:4=10,20,30,40
   {mg} infer --model echo_text --input TEXT:BYTES:2=hello,mesh --json
   curl -s http://127.0.0.1:8701/metrics | grep ^meshgate_
