@@ -10,7 +10,7 @@ import pytest
 
 from discovery import Endpoint, ModelRef
 from gateway.config import Config
-from gateway.endpoints import EndpointState
+from gateway.endpoints import EndpointState, Shared
 from gateway.routing import plugins
 from gateway.routing.outlier import OutlierDetector, OutlierPolicy, RetryBudget
 from gateway.routing.plugins import Context, RequestInfo
@@ -455,3 +455,19 @@ def test_the_parser_reads_only_the_declared_models_lines_unless_none_match() -> 
     assert dict(only.model_queue) == {"m1": 1.0} and only.queue == 1.0  # not m10 or m11
     fallback = parse_page(page, specs, NOW, None, frozenset({"llama"}))
     assert len(fallback.model_queue) == 11 and fallback.queue == sum(range(1, 12))
+
+
+def test_other_callers_requests_are_taken_as_the_pools_mean_size() -> None:
+    """All 4 slots hold other callers' requests. A light call waits for one of them to finish:
+    how long depends on their size, which we cannot see; the pool's mean units per request (the
+    same callers send them) stands in. With heavy traffic (mean 8 units) the wait is 8x that of
+    light traffic (mean 1)."""
+    s = state("a", capacity=1, slots=4)
+    s.shared = Shared(0.0, 4.0, NOW, 0.0, 0, 0, 0.0, 10.0, 0.0)
+    light_pool = plugins.predicted_seconds(s, req(1), Context(NOW, 5.0, 1.0))
+    heavy_pool = plugins.predicted_seconds(s, req(1), Context(NOW, 5.0, 8.0))
+    assert light_pool == pytest.approx(1 + 1 * 1 / 4)
+    assert heavy_pool == pytest.approx(1 + 1 * 8 / 4)
+    sched = Scheduler()
+    sched.started(state("b"), req(8))  # the pool's calls so far: 8 units each
+    assert sched.pool_units["p"] == 8.0

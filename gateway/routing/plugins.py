@@ -33,6 +33,7 @@ class RequestInfo(NamedTuple):
 class Context(NamedTuple):
     now: float  # time.monotonic()
     max_age_s: float  # scraped values older than this are ignored
+    mean_units: float = 0.0  # the pool's mean units per request (others' calls look like ours)
 
 
 Filter = Callable[[EndpointState, RequestInfo, Context], bool]
@@ -125,20 +126,22 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
                                                 background itself, and equal idle endpoints
                                                 share the traffic)
     service = u / rate
-    busy = a + o + (a - a0) h                  (o: other callers' requests executing there at
-                                                the scrape, probe.split_load: other gateway
-                                                replicas' calls hold slots but do not slow ours;
-                                                a0: ours at the scrape; h: calls the other
-                                                replicas send per call of ours, probe.
-                                                herd_factors. Replicas deciding from the same
-                                                snapshot make the same choices: what we sent
-                                                since the scrape, they sent too, h times over.
-                                                This is what stops the herd.)
-    wait = 0 while a free slot exists (busy < slots): light work must not queue behind a slow
+    t = o + (a - a0) h + q'                    (other callers' requests there, running or queued:
+                                                o executing at the scrape, probe.split_load:
+                                                other gateway replicas' calls hold slots but do
+                                                not slow ours; a0: ours at the scrape; h: calls
+                                                the other replicas send per call of ours,
+                                                probe.herd_factors: replicas deciding from the
+                                                same snapshot make the same choices, so what we
+                                                sent since the scrape they sent too, h times
+                                                over; this is what stops the herd. q': the
+                                                scraped queue minus what of it was ours at the
+                                                scrape)
+    wait = 0 while a free slot exists (a + t < slots): light work must not queue behind a slow
            idle GPU's empty slots, nor skip them either;
-         = ahead x (U / a) / (rate x slots)   otherwise, ahead = max(busy - slots + 1, 0) + q',
-           q' = the scraped queue minus what of it was ours at the scrape (ours are counted
-           exactly in a; only other replicas' and clients' calls are news)
+         = (a + t - slots + 1) x m / (rate x slots)   otherwise, with m the mean units of the
+           requests there: ours U / a, theirs the pool's mean units per request (ctx.mean_units,
+           their calls come from the same callers as ours)
 
     On the request path for every candidate: written flat (no helper calls) for speed.
     """
@@ -147,21 +150,24 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     a = state.in_flight
     load = state.load
     x = 0.0
-    ahead: float = a - slots + 1
+    theirs = 0.0  # other callers' requests there, running or queued
     shared = state.shared
     if shared is not None and ctx.now - shared.at <= ctx.max_age_s:
         x = shared.background
-        ahead += shared.others
+        theirs = shared.others
         if shared.herd:
-            ahead += (a - shared.in_flight) * shared.herd
-    if ahead < 0:
-        ahead = 0
+            theirs += (a - shared.in_flight) * shared.herd
     if load is not None and ctx.now - load.at <= ctx.max_age_s:
         mq = load.model_queue
         q = mq.get(req.model, 0.0) if mq else (load.queue or 0.0)
         others = q - state.queued_at_scrape  # queued there, not by us (other replicas, clients)
         if others > 0:
-            ahead += others
+            theirs += others
+    if theirs < 0:
+        theirs = 0.0
+    ahead = a + theirs - slots + 1
+    if ahead < 0:
+        ahead = 0
     d = state.slowdown
     if a == 0 or 0.8 < d < 1.25:  # idle (the metrics speak for it), or within the noise
         d = 1.0
@@ -169,7 +175,8 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     service = req.units / rate
     if ahead <= 0:
         return service
-    mean_units = state.outstanding_units / a if a else req.units
+    m = ctx.mean_units or req.units
+    mean_units = (state.outstanding_units + theirs * m) / (a + theirs) if a + theirs > 0 else req.units
     return service + ahead * mean_units / (rate * slots)
 
 

@@ -118,6 +118,7 @@ class Scheduler:
         self.latency_alpha = latency_alpha
         self._profile_of_pool: dict[str, Profile] = {}
         self.pool_slowness: dict[str, float] = {}  # pool -> slow EWMA of observed / predicted
+        self.pool_units: dict[str, float] = {}  # pool -> EWMA of units per request
 
     def profile_for(self, pool: str) -> Profile:
         profile = self._profile_of_pool.get(pool)
@@ -136,8 +137,9 @@ class Scheduler:
         if not candidates:
             return None
         now = time.monotonic()
-        ctx = Context(now, self.max_age_s)
-        profile = self.profile_for(candidates[0].endpoint.pool)
+        pool = candidates[0].endpoint.pool
+        ctx = Context(now, self.max_age_s, self.pool_units.get(pool, 0.0))
+        profile = self.profile_for(pool)
         if profile.standard_filters and not req.version:
             # The usual filters (ready, not ejected), inlined: this loop runs per request over
             # every candidate. EndpointState.ready_for's fast path, without the call.
@@ -174,7 +176,10 @@ class Scheduler:
     def started(self, state: EndpointState, req: RequestInfo) -> float:
         """A call goes to `state`; returns its predicted completion (for `finished`)."""
         now = time.monotonic()
-        predicted = predicted_seconds(state, req, Context(now, self.max_age_s))
+        pool = state.endpoint.pool
+        m = self.pool_units.get(pool)
+        self.pool_units[pool] = req.units if m is None else m + 0.01 * (req.units - m)
+        predicted = predicted_seconds(state, req, Context(now, self.max_age_s, self.pool_units[pool]))
         state.account_busy(now)
         state.in_flight += 1
         state.outstanding_units += req.units
