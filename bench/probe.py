@@ -79,11 +79,9 @@ class HttpxOneClientProbe(LoadProbe):
         await super().aclose()
 
 
-def all_models_parse(*args: Any, **kwargs: Any) -> Any:
-    kwargs.pop("models", None)
-    if len(args) > 4:
-        args = args[:4]
-    return ORIGINAL_PARSE(*args, **kwargs)
+def all_models_parse(text: str, specs: Any, at: float, previous: Any, models: Any = None) -> Any:
+    """parse_page as it was: every model's lines."""
+    return ORIGINAL_PARSE(text, specs, at, previous)
 
 
 ORIGINAL_PARSE = probe_mod.parse_page

@@ -252,10 +252,6 @@ def observe(
     # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
     # slow gets little traffic, so it must not stay judged slow on old evidence.
     state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
-    if completed is None:
-        completed = state.completed
-    if models is None:
-        models = frozenset(ref.name for ref in state.endpoint.models)
     split_load(state, sample, previous, completed, models)
 
 
@@ -279,7 +275,7 @@ def split_load(
     sample: LoadSample,
     previous: LoadSample | None = None,
     completed: int | None = None,
-    models: frozenset[str] = frozenset(),
+    models: frozenset[str] | None = None,
 ) -> None:
     """Split what a scrape says into ours and everyone else's: `state.shared`.
 
@@ -309,6 +305,8 @@ def split_load(
     per pool.
     """
     gpu_util, busy, done, now = sample.gpu_util, sample.busy, sample.completed, sample.at
+    if models is None:
+        models = frozenset(ref.name for ref in state.endpoint.models)
     if previous is not None and models and now > previous.at:
         declared = _declared(sample, previous, "requests", models)
         if declared is not None:
