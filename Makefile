@@ -64,7 +64,7 @@ lint: ruff mypy
 buf-lint:
 	cd $(PROTO_DIR) && npx --yes @bufbuild/buf@1.75.0 lint
 
-test: venv test-deps servers ruff buf-lint
+test: venv test-deps servers lint buf-lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 run: venv proto

@@ -165,8 +165,8 @@ def decision_cost(n: int = 100, calls: int = 20000) -> dict[str, tuple[float, fl
     """Scheduler.pick over n endpoints with live-looking state, per profile: p50/p99 in us."""
     from discovery import Endpoint, ModelRef
     from gateway.endpoints import EndpointState
+    from gateway.load import LoadSample
     from gateway.routing.plugins import RequestInfo
-    from gateway.routing.probe import LoadSample
     from gateway.routing.scheduler import Scheduler
 
     rng = random.Random(1)

@@ -32,9 +32,9 @@ from typing import Any
 
 from discovery import Endpoint, ModelRef
 from gateway.endpoints import EndpointState
+from gateway.load import LoadSample, herd_factors, load_metric_names, observe, parse_page
 from gateway.routing import scheduler as scheduler_mod
 from gateway.routing.plugins import RequestInfo
-from gateway.routing.probe import LoadSample, herd_factors, load_metric_names, observe, parse_page
 from gateway.routing.scheduler import ProfileSpec, Scheduler
 
 UNIT_S = 0.4  # one unit on a capacity-1 GPU (slower than bench-balance: fewer events per second)

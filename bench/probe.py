@@ -33,8 +33,8 @@ import httpx
 from bench.overhead import free_port, nginx, stop
 from discovery import Endpoint, ModelRef
 from gateway.endpoints import EndpointState
-from gateway.routing import probe as probe_mod
-from gateway.routing.probe import LoadProbe
+from gateway.load import LoadProbe
+from gateway.load import probe as probe_mod
 
 MODELS = [f"model_{i}" for i in range(20)]
 

@@ -55,6 +55,9 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Use uvloop for the event loop when installed.
     uvloop: bool = True
+    # One logfmt line per call on logger meshgate.access (method, code, ms, request id, peer,
+    # user, model, pool, endpoint, attempts).
+    access_log: bool = True
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
 

@@ -40,3 +40,12 @@ def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
         if detail.Unpack(bad):
             out.extend((v.field, v.description) for v in bad.field_violations)
     return out
+
+
+def metric_value(page: str, name: str, **labels: str) -> float:
+    """The value of one sample on a Prometheus text page; 0 when the sample is absent."""
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+    for line in page.splitlines():
+        if line.startswith(name + want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

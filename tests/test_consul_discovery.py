@@ -130,6 +130,7 @@ def test_deregistered_or_failing_backend_stops_receiving_calls_within_1s(
         wait_until(
             lambda: standin.check_status("service:triton-b") == "passing", 10, "triton-b check passing"
         )
+        gw.wait_serving("tritons")  # traffic starts once the gateway has checked its endpoints
         with Traffic(gw) as traffic:
             wait_until(lambda: traffic.served_by()["triton-b"] > 20, 20, "traffic on triton-b")
             # 1. Its gRPC health check fails: Consul marks it critical, the passing set shrinks.
@@ -230,6 +231,76 @@ def test_bad_entries_and_consul_errors_leave_the_gateway_serving(
         assert "Traceback" not in gw.log()
     finally:
         gw.stop()
+
+
+def test_an_endpoint_that_cannot_be_built_is_skipped_and_later_changes_still_apply(
+    standin: ConsulStandIn, tmp_path: Path
+) -> None:
+    """An OpenAI instance in Consul names a key file that does not exist: it is skipped with one
+    log line and counted, its pool-mate serves, and the gateway keeps following Consul (this
+    used to end the source's watch task: later changes were never seen)."""
+    from meshgate.v1 import generate_pb2, inference_pb2_grpc
+
+    from tests.helpers import metric_value
+    from tests.openai_standin import OpenAIStandIn
+
+    key = "sk-consul-0123456789abcdef"
+    (tmp_path / "ok.key").write_text(key)
+    llm = OpenAIStandIn(api_key=key)
+
+    def entry(sid: str, key_file: Path) -> dict[str, Any]:
+        meta = {
+            "backend": "openai",
+            "models": "echo",
+            "base_url": llm.base_url,
+            "api_key_file": str(key_file),
+        }
+        return {
+            "Name": "llm",
+            "ID": sid,
+            "Address": "127.0.0.1",
+            "Port": 1,
+            "Tags": ["inference"],
+            "Meta": meta,
+        }
+
+    standin.register(entry("llm-bad", tmp_path / "missing.key"))
+    standin.register(entry("llm-good", tmp_path / "ok.key"))
+    gw = consul_gateway(standin).start()
+    msg = generate_pb2.ChatMessage(role="user", content=[generate_pb2.ContentPart(text="hi")])
+    req = generate_pb2.GenerateRequest(model="echo", messages=[msg])
+    try:
+        gw.wait_serving("llm")
+        with grpc.insecure_channel(gw.address) as ch:
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            assert {stub.Generate(req, timeout=5).route.endpoint for _ in range(4)} == {"llm-good"}
+            page = _metrics(gw)
+            assert (
+                metric_value(
+                    page,
+                    "meshgate_discovery_invalid_entries_total",
+                    reason="unreadable_file",
+                    source="consul",
+                )
+                == 1
+            )
+            # Later changes in Consul: the bad instance is fixed, and a new one arrives.
+            standin.register(entry("llm-bad", tmp_path / "ok.key"))
+            standin.register(entry("llm-new", tmp_path / "ok.key"))
+            wait_until(
+                lambda: (
+                    {stub.Generate(req, timeout=5).route.endpoint for _ in range(12)}
+                    == {"llm-good", "llm-bad", "llm-new"}
+                ),
+                10,
+                "the fixed and the new instance to take calls",
+            )
+        log = gw.log()
+        assert log.count("endpoint skipped: pool=llm id=llm-bad") == 1
+        assert "Traceback" not in log
+    finally:
+        gw.stop()
+        llm.close()
 
 
 def test_self_registration(standin: ConsulStandIn, triton_a: Triton) -> None:

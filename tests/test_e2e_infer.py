@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import collections
-import urllib.request
 
 import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from meshgate.v1 import inference_pb2, models_pb2, models_pb2_grpc, tensor_pb2
 
-from tests.helpers import add_sub_request, fp32, infer, output
+from tests.helpers import add_sub_request, fp32, infer, metric_value, output
 from tests.procs import Gateway
 
 
@@ -174,10 +174,24 @@ def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
 
 
 def test_metrics_page_counts_calls(gateway: Gateway, channel: grpc.Channel) -> None:
-    infer(channel, add_sub_request([1], [1]))
-    page = (
-        urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5).read().decode()
+    before = gateway.metrics_text()
+    for _ in range(5):
+        infer(channel, add_sub_request([1], [1]))
+    unknown = add_sub_request([1], [1])
+    unknown.model = "no_such_model"
+    with pytest.raises(grpc.RpcError):
+        infer(channel, unknown)
+    page = gateway.metrics_text()
+    ok = ("meshgate_requests_total", {"code": "OK", "method": "Infer"})
+    assert metric_value(page, ok[0], **ok[1]) - metric_value(before, ok[0], **ok[1]) == 5
+    missing = ("meshgate_requests_total", {"code": "NOT_FOUND", "method": "Infer"})
+    assert metric_value(page, missing[0], **missing[1]) - metric_value(before, missing[0], **missing[1]) == 1
+    count = ("meshgate_request_duration_seconds_count", {"method": "Infer"})
+    assert metric_value(page, count[0], **count[1]) - metric_value(before, count[0], **count[1]) == 6
+    backend = sum(
+        metric_value(page, "meshgate_backend_requests_total", code="OK", endpoint=e, pool="tritons")
+        - metric_value(before, "meshgate_backend_requests_total", code="OK", endpoint=e, pool="tritons")
+        for e in ("triton-a", "triton-b")
     )
-    assert 'meshgate_requests_total{code="OK",method="Infer"}' in page
-    assert 'meshgate_endpoint_ready{endpoint="triton-a",pool="tritons"} 1.0' in page
-    assert "meshgate_backend_request_duration_seconds_bucket" in page
+    assert backend == 5  # the NOT_FOUND call never reached a backend
+    assert metric_value(page, "meshgate_endpoint_ready", endpoint="triton-a", pool="tritons") == 1.0

@@ -11,10 +11,10 @@ import pytest
 from discovery import Endpoint, ModelRef
 from gateway.config import Config
 from gateway.endpoints import EndpointState, Shared
+from gateway.load import LoadSample, herd_factors, load_metric_names, observe, parse_page, split_load
 from gateway.routing import plugins
 from gateway.routing.outlier import OutlierDetector, OutlierPolicy, RetryBudget
 from gateway.routing.plugins import Context, RequestInfo
-from gateway.routing.probe import LoadSample, herd_factors, load_metric_names, observe, parse_page, split_load
 from gateway.routing.scheduler import Scheduler
 
 NOW = 1000.0
@@ -168,9 +168,13 @@ def test_simple_scorers() -> None:
     assert plugins.s_region(state("a", region="eu"), req(region="us"), CTX) == 0.0
     assert plugins.s_region(state("a", region="eu"), req(region="eu"), CTX) == 1.0
     s = state("a")
-    assert plugins.s_latency(s, req(), CTX) == 0.5
-    s.latency["m"] = 0.010
-    assert plugins.s_latency(s, req(), CTX) == pytest.approx(0.5)
+    assert plugins.s_latency(s, req(), CTX) == 0.5  # neutral before the first sample
+    s.latency["m"] = 0.030  # 30 ms per unit: 1 / (1 + 3)
+    assert plugins.s_latency(s, req(), CTX) == pytest.approx(0.25)
+    fast = state("b")
+    fast.latency["m"] = 0.005  # 5 ms per unit: 1 / (1 + 0.5)
+    assert plugins.s_latency(fast, req(), CTX) == pytest.approx(2 / 3)
+    assert plugins.s_latency(fast, req(), CTX) > plugins.s_latency(s, req(), CTX)
     for v in (
         plugins.s_predicted(state("x", in_flight=50, units=400), req(), CTX),
         plugins.s_gpu_headroom(s, req(), CTX),
@@ -334,7 +338,7 @@ def test_gpu_class_sets_capacity_unless_given() -> None:
     from discovery import PoolSnapshot
     from gateway.endpoints import EndpointTable
 
-    table = EndpointTable(lambda ep: None, gpu_capacity={"a100-80g": 4.0})  # type: ignore[arg-type,return-value]
+    table = EndpointTable(lambda ep: object(), gpu_capacity={"a100-80g": 4.0})  # type: ignore[arg-type,return-value]
     by_class = Endpoint(
         id="x", pool="p", host="h", port=1, backend="triton", models=(ModelRef("m"),), gpu="a100-80g"
     )
@@ -359,7 +363,7 @@ def test_gpu_class_sets_capacity_unless_given() -> None:
 def test_alias_split_follows_weights_then_the_fallback_chain() -> None:
     import random
 
-    from gateway.routing.policy import Alias, Policies, Target
+    from gateway.routing.aliases import Alias, Policies, Target
 
     canary, stable, small = Target("llm", "2"), Target("llm", "1"), Target("llm-small", "", "cpu")
     policies = Policies({"chat": Alias(((canary, 1.0), (stable, 9.0)), (small,))}, random.Random(3))

@@ -29,11 +29,17 @@ class OutlierPolicy(NamedTuple):
 
 
 class OutlierDetector:
-    def __init__(self, policy: OutlierPolicy) -> None:
+    def __init__(
+        self,
+        policy: OutlierPolicy,
+        pool_states: Callable[[str], list[EndpointState]] = lambda pool: [],
+        on_eject: Callable[[EndpointState, float], None] = lambda state, seconds: None,
+    ) -> None:
+        """`pool_states`: a pool's endpoints (the endpoint table knows them), for the ejection
+        cap; `on_eject`: told of each ejection and its length in seconds (log, metrics)."""
         self.policy = policy
-        # pool -> its endpoints; set by the director (the table knows the pools).
-        self.pool_states: Callable[[str], list[EndpointState]] = lambda pool: []
-        self.on_eject: Callable[[EndpointState, float], None] = lambda state, seconds: None
+        self.pool_states = pool_states
+        self.on_eject = on_eject
         self._last_ejected: dict[int, float] = {}
 
     def success(self, state: EndpointState) -> None:

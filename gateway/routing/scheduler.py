@@ -13,8 +13,10 @@ Built-in profiles (a config `routing.profiles` entry with the same name replaces
                              latency feedback) among all candidates, or 8 drawn at random in
                              pools of more than 8 (best_of_k: O(1), and replicas do not herd)
 
-A request names a preferred region as a soft constraint: the best endpoint in that region wins
-while one passes the filters; the `region` filter makes it hard.
+Two hints the request carries apply under every profile, after its filters and before its picker:
+a preferred region is a soft constraint (the best endpoint in that region wins while one passes
+the filters; the `region` filter makes it hard), and prefer=cost takes half of each score from
+the price scorer.
 
 The scheduler also keeps what the request path learns: units in flight per endpoint, EWMA latency
 per model, and passive outlier ejection (outlier.py).
@@ -23,7 +25,7 @@ per model, and passive outlier ejection (outlier.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from ..endpoints import EndpointState
@@ -78,12 +80,25 @@ class Profile:
         check_profile(name, spec)
         self.name = name
         self.filters: tuple[Filter, ...] = tuple(FILTERS[f] for f in spec.filters)
-        self.standard_filters = sorted(spec.filters) == ["not_ejected", "ready"]
         total = sum(spec.scorers.values()) or 1.0
         self.scorers: tuple[tuple[Scorer, float], ...] = tuple(
             (SCORERS[s], w / total) for s, w in spec.scorers.items() if w > 0
         )
         self.picker: Picker = PICKERS[spec.picker]()
+
+    def passing(
+        self, candidates: Sequence[EndpointState], req: RequestInfo, ctx: Context
+    ) -> list[EndpointState]:
+        """The candidates every filter lets through. This runs per request over every candidate,
+        so the usual one- and two-filter profiles avoid a generator per endpoint."""
+        filters = self.filters
+        if len(filters) == 2:
+            f1, f2 = filters
+            return [s for s in candidates if f1(s, req, ctx) and f2(s, req, ctx)]
+        if len(filters) == 1:
+            f = filters[0]
+            return [s for s in candidates if f(s, req, ctx)]
+        return [s for s in candidates if all(f(s, req, ctx) for f in filters)]
 
     def score(self, state: EndpointState, req: RequestInfo, ctx: Context) -> float:
         if len(self.scorers) == 1:
@@ -103,6 +118,8 @@ class Scheduler:
         max_age_s: float = 5.0,
         outlier: OutlierPolicy | None = None,
         latency_alpha: float = 0.2,
+        pool_states: Callable[[str], list[EndpointState]] = lambda pool: [],
+        on_eject: Callable[[EndpointState, float], None] = lambda state, seconds: None,
     ) -> None:
         specs = dict(BUILTIN_PROFILES) | dict(profiles or {})
         self.profiles = {name: Profile(name, spec) for name, spec in specs.items()}
@@ -114,7 +131,7 @@ class Scheduler:
         self.default_profile = default_profile
         self.pool_profiles = dict(pool_profiles or {})
         self.max_age_s = max_age_s
-        self.outliers = OutlierDetector(outlier or OutlierPolicy())
+        self.outliers = OutlierDetector(outlier or OutlierPolicy(), pool_states, on_eject)
         self.latency_alpha = latency_alpha
         self._profile_of_pool: dict[str, Profile] = {}
         self.pool_slowness: dict[str, float] = {}  # pool -> slow EWMA of observed / predicted
@@ -140,18 +157,9 @@ class Scheduler:
         pool = candidates[0].endpoint.pool
         ctx = Context(now, self.max_age_s, self.pool_units.get(pool, 0.0))
         profile = self.profile_for(pool)
-        if profile.standard_filters and not req.version:
-            # The usual filters (ready, not ejected), inlined: this loop runs per request over
-            # every candidate. EndpointState.ready_for's fast path, without the call.
-            model = req.model
-            passing = [s for s in candidates if s.live and model in s.ready_names and s.ejected_until <= now]
-            if not passing:  # models declared with versions take the general path
-                passing = [s for s in candidates if s.ready_for(model, "") and s.ejected_until <= now]
-            if exclude:
-                passing = [s for s in passing if s not in exclude]
-        else:
-            filters = profile.filters
-            passing = [s for s in candidates if s not in exclude and all(f(s, req, ctx) for f in filters)]
+        passing = profile.passing(candidates, req, ctx)
+        if exclude:
+            passing = [s for s in passing if s not in exclude]
         if req.region:
             local = [s for s in passing if s.endpoint.region == req.region]
             passing = local or passing

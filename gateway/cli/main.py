@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 
 DEFAULT_TARGET = "127.0.0.1:8700"
 
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
 
-    from .consul_cli import add_arguments
+    from .consul import add_arguments
 
     add_arguments(sub)
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.config, args.workers)
     if args.command in ("register", "deregister"):
-        from . import consul_cli
+        from . import consul as consul_cli
 
         return consul_cli.register(args) if args.command == "register" else consul_cli.deregister(args)
     from . import client
@@ -109,7 +109,7 @@ def _serve(path: str | None, workers: int) -> int:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     if workers > 1:
         return _serve_workers(path, workers)
-    from .app import serve
+    from ..server.app import serve
 
     runner: Any = asyncio.run
     if config.server.uvloop:

@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 from meshgate.v1 import models_pb2, models_pb2_grpc
 
-from ..endpoints import EndpointState, EndpointTable
-from ..errors import GatewayError
-from ..metrics import Metrics
-from .common import Context, answer
+from ...endpoints import EndpointState
+from ...errors import GatewayError
+from ...pipeline.director import Director
+from .common import Context
 
 
 def _model_pb(name: str, states: list[EndpointState]) -> Any:
@@ -71,30 +71,21 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
-    def __init__(self, table: EndpointTable, metrics: Metrics) -> None:
-        self._table = table
-        self._metrics = metrics
+    def __init__(self, director: Director) -> None:
+        self._director = director
 
     async def ListModels(self, request: Any, context: Context) -> Any:
-        async def work() -> Any:
-            models = [_model_pb(name, states) for name, states in sorted(self._table.models().items())]
-            if request.ready_only:
-                models = [m for m in models if m.ready]
-            return models_pb2.ListModelsResponse(models=models)
-
-        return await answer("ListModels", self._metrics, context, work)
+        models = [_model_pb(name, states) for name, states in sorted(self._director.models().items())]
+        if request.ready_only:
+            models = [m for m in models if m.ready]
+        return models_pb2.ListModelsResponse(models=models)
 
     async def GetModel(self, request: Any, context: Context) -> Any:
-        async def work() -> Any:
-            if not request.name:
-                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
-            states = self._table.models().get(request.name)
-            if not states:
-                raise GatewayError(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"model {request.name!r} is not served by any pool",
-                    field="name",
-                )
-            return models_pb2.GetModelResponse(model=_model_pb(request.name, states))
-
-        return await answer("GetModel", self._metrics, context, work)
+        if not request.name:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
+        states = self._director.models().get(request.name)
+        if not states:
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is not served by any pool", field="name"
+            )
+        return models_pb2.GetModelResponse(model=_model_pb(request.name, states))

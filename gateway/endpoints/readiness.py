@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 
 from adapters import BackendError
 
-from .config import ReadinessConfig
-from .endpoints import EndpointState, EndpointTable
+from ..config import ReadinessConfig
+from .state import EndpointState
+from .table import EndpointTable
 
 log = logging.getLogger("meshgate.readiness")
 
@@ -35,6 +36,12 @@ class ReadinessChecker:
         self._config = config
         self._wake = asyncio.Event()
         self._pending: set[EndpointState] = set()
+
+    def report_down(self, state: EndpointState, reason: str) -> None:
+        """Passive health: a call found `state` unavailable. It leaves rotation now and is checked
+        again at once; a passing check revives it. Event loop thread only."""
+        state.mark_down(reason)
+        self.check_soon([state])
 
     def check_soon(self, states: Iterable[EndpointState]) -> None:
         """Check these endpoints now (new ones, or one a call saw fail). Event loop thread only."""
@@ -92,6 +99,10 @@ class ReadinessChecker:
             message = "ready" if live and not reasons else ("; ".join(reasons) or "server not live")
         except BackendError as err:
             live, ready, message = False, set(), err.message
+        except Exception as err:  # an adapter bug: this endpoint is not ready, the loop goes on
+            live, ready, message = False, set(), f"readiness check failed: {type(err).__name__}: {err}"
+            if state.status_message != message:  # one line per endpoint and problem
+                log.error("endpoint %s/%s: %s", ep.pool, ep.id, message, exc_info=True)
         state.live = live
         state.ready_models = frozenset(ready)
         state.status_message = message

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from adapters.llm import Usage
 from discovery.consul import SourceStats
 
-from .endpoints import EndpointState
+from ..endpoints import EndpointState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -50,6 +50,7 @@ class Metrics:
         self.backend_requests: dict[tuple[str, str, str], int] = {}
         self.backend_seconds: dict[tuple[str], _Histogram] = {}
         self.token_counts: dict[tuple[str, str], int] = {}
+        self.background_errors: dict[tuple[str], int] = {}
         self.retries = Counter(
             "meshgate_retries_total",
             "Calls retried on another endpoint, by pool.",
@@ -112,11 +113,18 @@ class Metrics:
             if n:
                 self.token_counts[(pool, kind)] = self.token_counts.get((pool, kind), 0) + n
 
+    def background_error(self, loop: str) -> None:
+        """A background loop (or a stage's settle) failed unexpectedly and was restarted."""
+        self.background_errors[(loop,)] = self.background_errors.get((loop,), 0) + 1
+
     def watch_endpoints(self, states: Callable[[], Iterable[EndpointState]]) -> None:
         self.registry.register(_EndpointCollector(states))
 
-    def watch_source(self, name: str, stats: SourceStats) -> None:
-        self.registry.register(_SourceCollector(name, stats))
+    def watch_discovery(
+        self, sources: list[tuple[str, SourceStats]], table_invalid: dict[tuple[str, str], int]
+    ) -> None:
+        """Discovery sources that keep stats (Consul), and the endpoint table's skipped entries."""
+        self.registry.register(_DiscoveryCollector(sources, table_invalid))
 
 
 def _counter_family(name: str, doc: str, labels: list[str], data: dict[Any, int]) -> Metric:
@@ -173,6 +181,13 @@ class _CallCollector(Collector):
             "Backend call latency as seen by the gateway, by pool.",
             ["pool"],
             m.backend_seconds,
+        )
+        yield _counter_family(
+            "meshgate_background_errors",
+            "Unexpected failures of background loops (discovery, readiness, load probe, registration)"
+            " and of stage settlement, by loop; each was logged and the loop restarted.",
+            ["loop"],
+            m.background_errors,
         )
 
 
@@ -246,12 +261,15 @@ class _EndpointCollector(Collector):
         yield from (ready, inflight, age, units, score, ejected, signal, scrape_age)
 
 
-class _SourceCollector(Collector):
-    """Health of a discovery source: age of its data, errors, skipped entries."""
+class _DiscoveryCollector(Collector):
+    """Health of discovery: each source's data age and errors; entries skipped, whether a source
+    refused them (bad Meta) or the endpoint table could not build them (unreadable key file)."""
 
-    def __init__(self, name: str, stats: SourceStats) -> None:
-        self._name = name
-        self._stats = stats
+    def __init__(
+        self, sources: list[tuple[str, SourceStats]], table_invalid: dict[tuple[str, str], int]
+    ) -> None:
+        self._sources = sources
+        self._table_invalid = table_invalid
 
     def collect(self) -> Iterator[Metric]:
         age = GaugeMetricFamily(
@@ -259,20 +277,28 @@ class _SourceCollector(Collector):
             "Seconds since the source last answered; its last known endpoints stay in force meanwhile.",
             labels=["source"],
         )
-        last = self._stats.last_ok
-        age.add_metric([self._name], time.monotonic() - last if last else float("inf"))
-        yield age
-        source = {(self._name, kind): n for kind, n in list(self._stats.errors.items())}
-        yield _counter_family(
-            "meshgate_discovery_errors",
-            "Failed discovery queries, by error kind.",
-            ["source", "kind"],
-            source,
-        )
-        invalid = {(self._name, reason): n for reason, n in list(self._stats.invalid.items())}
+        errors: dict[tuple[str, str], int] = {}
+        invalid = dict(self._table_invalid)
+        now = time.monotonic()
+        for name, stats in self._sources:
+            last = stats.last_ok
+            age.add_metric([name], now - last if last else float("inf"))
+            for kind, n in list(stats.errors.items()):
+                errors[(name, kind)] = n
+            for reason, n in list(stats.invalid.items()):
+                invalid[(name, reason)] = invalid.get((name, reason), 0) + n
+        if self._sources:
+            yield age
+            yield _counter_family(
+                "meshgate_discovery_errors",
+                "Failed discovery queries, by error kind.",
+                ["source", "kind"],
+                errors,
+            )
         yield _counter_family(
             "meshgate_discovery_invalid_entries",
-            "Discovered instances skipped because their Meta was invalid, by reason.",
+            "Discovered instances skipped because they could not be used (bad Meta, options the"
+            " adapter refuses, an unreadable key file), by reason.",
             ["source", "reason"],
             invalid,
         )

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, routing_pb2, tensor_pb2
+from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, tensor_pb2
 
 from adapters import InferCall, InferResult, RequestedOutput, Tensor
 from adapters.kserve_wire import count_contents, params_from_pb, raw_into_contents
 from adapters.llm import TextDelta
 
-from ..config import ServerConfig
-from ..director import Director, Route
-from ..errors import GatewayError
-from ..metrics import Metrics
-from .common import Context, call_timeout, done, fail
+from ...pipeline.attempts import Route
+from ...pipeline.director import Director
+from .common import Context, request_context
 from .generate import embed_call, end_pb, finish_pb, generate_call, route_pb, tool_calls_pb, usage_pb
 
 _PREFIX = "DATA_TYPE_"
@@ -62,14 +60,6 @@ def _set_params(params: Any, target: Any) -> None:
             p.string_value = value
 
 
-_PREFER = {routing_pb2.PREFERENCE_LATENCY: "latency", routing_pb2.PREFERENCE_COST: "cost"}
-
-
-def hints(routing: Any) -> tuple[str, str]:
-    """RoutingHints -> (preferred region, preference: '' | 'latency' | 'cost')."""
-    return routing.preferred_region, _PREFER.get(routing.prefer, "")
-
-
 def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> Any:
     """InferResult -> InferResponse; `typed` turns raw outputs into typed contents."""
     resp = inference_pb2.InferResponse(
@@ -93,34 +83,18 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, director: Director, server: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, director: Director) -> None:
         self._director = director
-        self._server = server
-        self._metrics = metrics
 
     async def Infer(self, request: Any, context: Context) -> Any:
-        start = time.monotonic()
-        try:
-            call = call_from_pb(request)
-            routed = await self._director.infer(
-                call, call_timeout(context, self._server), *hints(request.routing)
-            )
-        except GatewayError as err:
-            await fail("Infer", self._metrics, context, err, start)
-        done("Infer", self._metrics, start)
+        call = call_from_pb(request)
+        routed = await self._director.infer(request_context(request.routing), call)
         # Callers that send typed contents (JSON clients, buf curl) get typed outputs back.
         typed = all(t.raw is None for t in call.inputs)
         return response_to_pb(routed.value, routed.route, typed)
 
     async def Generate(self, request: Any, context: Context) -> Any:
-        start = time.monotonic()
-        try:
-            routed = await self._director.generate(
-                generate_call(request), call_timeout(context, self._server), *hints(request.routing)
-            )
-        except GatewayError as err:
-            await fail("Generate", self._metrics, context, err, start)
-        done("Generate", self._metrics, start)
+        routed = await self._director.generate(request_context(request.routing), generate_call(request))
         r = routed.value
         return generate_pb2.GenerateResponse(
             model=r.model,
@@ -132,34 +106,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             route=route_pb(routed.route),
         )
 
-    async def GenerateStream(self, request: Any, context: Context) -> Any:
+    async def GenerateStream(self, request: Any, context: Context) -> AsyncIterator[Any]:
         """Deltas as they come, then one end. If the caller cancels, grpc cancels this task and the
         adapter's stream is closed, which closes the upstream HTTP request."""
-        start = time.monotonic()
-        stream = self._director.generate_stream(
-            generate_call(request), call_timeout(context, self._server), *hints(request.routing)
-        )
+        stream = self._director.generate_stream(request_context(request.routing), generate_call(request))
         try:
             async for event, route in stream:
                 if isinstance(event, TextDelta):
                     yield generate_pb2.GenerateStreamResponse(delta=event.text)
                 else:
                     yield end_pb(event, route)
-        except GatewayError as err:
-            await fail("GenerateStream", self._metrics, context, err, start)
         finally:
-            await stream.aclose()
-        done("GenerateStream", self._metrics, start)
+            await stream.aclose()  # type: ignore[attr-defined]
 
     async def Embed(self, request: Any, context: Context) -> Any:
-        start = time.monotonic()
-        try:
-            routed = await self._director.embed(
-                embed_call(request), call_timeout(context, self._server), *hints(request.routing)
-            )
-        except GatewayError as err:
-            await fail("Embed", self._metrics, context, err, start)
-        done("Embed", self._metrics, start)
+        routed = await self._director.embed(request_context(request.routing), embed_call(request))
         r = routed.value
         return generate_pb2.EmbedResponse(
             model=r.model,

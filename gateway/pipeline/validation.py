@@ -10,8 +10,8 @@ from adapters.base import DATATYPE_SIZES
 from adapters.kserve_wire import CONTENTS_FIELD
 from adapters.llm import EmbedCall, GenerateCall
 
-from .config import LimitsConfig
-from .errors import invalid
+from ..config import LimitsConfig
+from ..errors import invalid
 
 
 def validate_infer(call: InferCall, limits: LimitsConfig) -> None:

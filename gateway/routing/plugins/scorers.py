@@ -1,7 +1,4 @@
-"""Scheduler plugins: filters, scorers and pickers, each small, each with its formula.
-
-A profile (scheduler.py) is a list of filters, weighted scorers and one picker. Plugins are
-plain functions listed in the explicit registries at the bottom; a profile names them.
+"""Scorers: each returns a value in [0, 1], higher is better; each docstring gives its formula.
 
 Notation: for endpoint e, cap = capacity (relative speed, Meta `capacity`), slots = requests it
 runs at once (Meta `slots`), a = requests in flight from this gateway, U = complexity units in
@@ -11,54 +8,9 @@ g = scraped GPU utilisation. Scraped values count only while younger than `max_a
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
-
-from ..endpoints import EndpointState
-from .probe import LoadSample
-
-
-class RequestInfo(NamedTuple):
-    """What the scheduler knows about one request."""
-
-    model: str
-    version: str
-    units: float  # complexity units (cost per item x items, or per 1k tokens x tokens / 1000)
-    region: str = ""
-    timeout_s: float = 0.0  # the caller's remaining time; 0 = unknown
-    prefer: str = ""  # "" | "latency" | "cost" (RoutingHints.prefer)
-
-
-class Context(NamedTuple):
-    now: float  # time.monotonic()
-    max_age_s: float  # scraped values older than this are ignored
-    mean_units: float = 0.0  # the pool's mean units per request (others' calls look like ours)
-
-
-Filter = Callable[[EndpointState, RequestInfo, Context], bool]
-Scorer = Callable[[EndpointState, RequestInfo, Context], float]
-
-
-# -- filters ---------------------------------------------------------------------------------
-
-
-def f_ready(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
-    """Serves the model (and version) and its last readiness check passed."""
-    return state.ready_for(req.model, req.version)
-
-
-def f_not_ejected(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
-    """Not inside a passive outlier ejection (see outlier.py)."""
-    return state.ejected_until <= ctx.now
-
-
-def f_region(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
-    """Hard region constraint: only the requested region (when the request names one)."""
-    return not req.region or state.endpoint.region == req.region
-
-
-# -- scorers: each returns a value in [0, 1], higher is better ------------------------------
+from ...endpoints import EndpointState
+from ...load.parse import LoadSample
+from .base import Context, RequestInfo
 
 
 def fresh_load(state: EndpointState, ctx: Context) -> LoadSample | None:
@@ -205,122 +157,3 @@ def s_price(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     except ValueError:
         p = 0.0
     return 1.0 / (1.0 + max(0.0, p))
-
-
-# -- pickers ----------------------------------------------------------------------------------
-
-
-class Picker:
-    """Chooses among the candidates that passed the filters, given a score function."""
-
-    name = ""
-    uses_scores = True
-
-    def __init__(self) -> None:
-        self._turn = 0
-        self._rng = random.Random()
-
-    def pick(
-        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
-    ) -> EndpointState | None:
-        raise NotImplementedError
-
-
-def _best(states: Sequence[EndpointState], score: Callable[[EndpointState], float]) -> EndpointState | None:
-    """The first highest-scoring state; each state keeps its score (shown to operators)."""
-    best, best_score = None, -1.0
-    for s in states:
-        v = score(s)
-        s.score = v
-        if v > best_score:
-            best, best_score = s, v
-    return best
-
-
-class MaxScore(Picker):
-    """The highest score; ties go to the first after a rotating start (spreads equal endpoints)."""
-
-    name = "max_score"
-
-    def pick(
-        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
-    ) -> EndpointState | None:
-        n = len(states)
-        if not n:
-            return None
-        self._turn = turn = (self._turn + 1) % n
-        return _best((*states[turn:], *states[:turn]) if turn else states, score)
-
-
-class PowerOfTwo(Picker):
-    """Two candidates drawn at random; the higher score wins (O(1); herds less across replicas)."""
-
-    name = "p2c"
-
-    def pick(
-        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
-    ) -> EndpointState | None:
-        n = len(states)
-        if n <= 1:
-            return states[0] if n else None
-        i = self._rng.randrange(n)
-        j = self._rng.randrange(n - 1)
-        j += j >= i
-        a, b = states[i], states[j]
-        a.score, b.score = score(a), score(b)
-        return a if a.score >= b.score else b
-
-
-class BestOfK(Picker):
-    """The highest score among k candidates drawn at random (all of them when n <= k).
-
-    O(k) per decision however big the pool, and replicas deciding from the same scraped snapshot
-    draw different samples, so they do not all pile onto the endpoint that looked best at the last
-    scrape (max_score over a shared stale view herds; p2c gives up too much quality)."""
-
-    name = "best_of_k"
-    k = 8
-
-    def pick(
-        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
-    ) -> EndpointState | None:
-        n = len(states)
-        if n <= self.k:
-            self._turn = turn = (self._turn + 1) % max(n, 1)
-            return _best((*states[turn:], *states[:turn]) if turn else states, score)
-        return _best(self._rng.sample(states, self.k), score)
-
-
-class RoundRobin(Picker):
-    """Each candidate in turn, scores ignored (reference policy)."""
-
-    name = "round_robin"
-    uses_scores = False
-
-    def pick(
-        self, states: Sequence[EndpointState], score: Callable[[EndpointState], float]
-    ) -> EndpointState | None:
-        if not states:
-            return None
-        self._turn += 1
-        return states[self._turn % len(states)]
-
-
-FILTERS: Mapping[str, Filter] = {"ready": f_ready, "not_ejected": f_not_ejected, "region": f_region}
-SCORERS: Mapping[str, Scorer] = {
-    "inflight": s_inflight,
-    "weighted_inflight": s_weighted_inflight,
-    "outstanding": s_outstanding,
-    "gpu_headroom": s_gpu_headroom,
-    "queue": s_queue,
-    "region": s_region,
-    "predicted": s_predicted,
-    "latency": s_latency,
-    "price": s_price,
-}
-PICKERS: Mapping[str, type[Picker]] = {
-    "max_score": MaxScore,
-    "best_of_k": BestOfK,
-    "p2c": PowerOfTwo,
-    "round_robin": RoundRobin,
-}

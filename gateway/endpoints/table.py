@@ -1,8 +1,4 @@
-"""The live endpoint table: what discovery found, with adapters and runtime state.
-
-Only the event loop thread touches it, so plain attributes are safe: no await happens between
-reading and writing a field (in_flight += 1 is atomic with respect to other tasks).
-"""
+"""The live endpoint table: what discovery found, with adapters and runtime state."""
 
 from __future__ import annotations
 
@@ -10,135 +6,18 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
 
 import grpc
 
 from adapters import REGISTRY, Adapter
-from discovery import Endpoint, ModelRef, PoolSnapshot
+from discovery import Endpoint, PoolSnapshot
 
-from .errors import GatewayError
-
-if TYPE_CHECKING:
-    from .routing.probe import LoadSample
+from ..errors import GatewayError
+from .state import EndpointState
 
 log = logging.getLogger("meshgate.endpoints")
 
 AdapterMaker = Callable[[Endpoint], Adapter]
-
-
-class Shared(NamedTuple):
-    """What the last scrape says of an endpoint beyond our own calls (routing/probe.split_load)."""
-
-    background: float  # 0..1: GPU share taken by work outside the server (slows every request)
-    others: float  # requests of other callers executing there on average (hold batch slots)
-    at: float  # time.monotonic() of the scrape
-    share: float  # our share of the requests it answered lately (1 = we are the only caller)
-    in_flight: int  # our requests in flight there at the scrape
-    completed: int  # our requests answered there, up to the scrape
-    seen_ours: float  # answers of ours there, recent windows (decayed), behind `share`
-    seen_all: float  # all its answers, same windows
-    herd: float  # calls other gateway replicas send per call of ours, pool-wide (herd_factors)
-
-
-class EndpointState:
-    """One endpoint and what the gateway knows about it now."""
-
-    __slots__ = (
-        "_ready_models",
-        "adapter",
-        "busy_area",
-        "busy_mark",
-        "busy_since",
-        "checked_at",
-        "completed",
-        "consecutive_failures",
-        "ejected_until",
-        "ejections",
-        "endpoint",
-        "health_checked",
-        "in_flight",
-        "latency",
-        "live",
-        "load",
-        "outstanding_units",
-        "queued_at_scrape",
-        "ready_names",
-        "score",
-        "shared",
-        "slowdown",
-        "status_message",
-    )
-
-    def __init__(self, endpoint: Endpoint, adapter: Adapter) -> None:
-        self.endpoint = endpoint
-        self.adapter = adapter
-        self.live = False
-        self._ready_models: frozenset[ModelRef] = frozenset()
-        # Names of ready models declared without a version: the request path's O(1) check.
-        self.ready_names: frozenset[str] = frozenset()
-        self.in_flight = 0
-        # Scheduler state: complexity units sent and not yet answered; the latest scrape
-        # (a LoadSample from the load probe, None before the first); EWMA latency per model
-        # (seconds per complexity unit); passive outlier ejection; the last score computed.
-        self.outstanding_units = 0.0
-        self.completed = 0  # calls answered (counted like a server's request counter)
-        self.load: LoadSample | None = None
-        self.latency: dict[str, float] = {}
-        self.consecutive_failures = 0
-        self.ejections = 0
-        self.ejected_until = 0.0
-        self.score = -1.0
-        # Our own busy share of the endpoint's slots, integrated over time (slot-seconds / slots),
-        # so that a GPU utilisation averaged over a scrape window can be split into ours and
-        # everyone else's: `shared` from the last scrape (see routing/probe.split_load).
-        self.busy_area = 0.0
-        self.busy_since = time.monotonic()
-        self.busy_mark = (0.0, self.busy_since)
-        self.shared: Shared | None = None
-        # EWMA of (observed / predicted time) over the pool's: > 1 = slower than the metrics
-        # explain (see Scheduler.finished).
-        self.slowdown = 1.0
-        self.queued_at_scrape = 0  # our calls waiting at the endpoint when it was last scraped
-        self.checked_at = 0.0  # time.monotonic() of the last readiness check; 0 = never
-        self.health_checked = False  # listed by a source that health-checks it (PoolSnapshot)
-        self.status_message = "not checked yet"
-
-    def serves(self, model: str, version: str) -> bool:
-        return any(_matches(ref, model, version) for ref in self.endpoint.models)
-
-    @property
-    def ready_models(self) -> frozenset[ModelRef]:
-        return self._ready_models
-
-    @ready_models.setter
-    def ready_models(self, refs: frozenset[ModelRef]) -> None:
-        self._ready_models = refs
-        self.ready_names = frozenset(r.name for r in refs if not r.version)
-
-    def ready_for(self, model: str, version: str) -> bool:
-        if not self.live:
-            return False
-        if not version and model in self.ready_names:
-            return True
-        return any(_matches(ref, model, version) for ref in self._ready_models)
-
-    def account_busy(self, now: float) -> None:
-        """Add our busy share since the last change; call before in_flight changes."""
-        share = self.in_flight / self.endpoint.slots
-        self.busy_area += (share if share < 1.0 else 1.0) * (now - self.busy_since)
-        self.busy_since = now
-
-    def mark_down(self, reason: str) -> None:
-        """Passive health: a call saw the endpoint unavailable; the readiness loop revives it."""
-        self.live = False
-        self.ready_models = frozenset()
-        self.status_message = reason
-
-
-def _matches(ref: ModelRef, model: str, version: str) -> bool:
-    # An endpoint declared without a version serves whatever version the caller asks for.
-    return ref.name == model and (not version or not ref.version or ref.version == version)
 
 
 def default_adapter_maker(max_message_bytes: int) -> AdapterMaker:
@@ -166,6 +45,10 @@ class EndpointTable:
         self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
         self._by_model: dict[str, list[EndpointState]] = {}
         self._retired: list[tuple[EndpointState, float]] = []  # (state, time retired)
+        # Endpoints whose adapter could not be built: (pool, id) -> (definition, reason), and
+        # counts by (source, reason) for meshgate_discovery_invalid_entries_total.
+        self._rejected: dict[tuple[str, str], tuple[Endpoint, str]] = {}
+        self.invalid: dict[tuple[str, str], int] = {}
 
     def apply(self, snap: PoolSnapshot) -> None:
         """Replace what `snap.source` said about `snap.pool`; `on_change` gets the new endpoints."""
@@ -175,6 +58,7 @@ class EndpointTable:
         else:
             self._health_checked.discard((snap.source, snap.pool))
         wanted: dict[tuple[str, str], Endpoint] = {}
+        origin: dict[tuple[str, str], str] = {}  # key -> the source that listed it first
         vouched: set[tuple[str, str]] = set()
         for (source, pool), eps in sorted(self._by_source.items()):
             checked = (source, pool) in self._health_checked
@@ -183,7 +67,9 @@ class EndpointTable:
                     vouched.add((pool, ep.id))
                 if "capacity" not in ep.meta and ep.gpu in self._gpu_capacity:
                     ep = dataclasses.replace(ep, capacity=self._gpu_capacity[ep.gpu])
-                wanted.setdefault((pool, ep.id), ep)
+                if (pool, ep.id) not in wanted:
+                    wanted[(pool, ep.id)] = ep
+                    origin[(pool, ep.id)] = source
         for key in [k for k in self._states if k not in wanted]:
             state = self._states.pop(key)
             self._retired.append((state, time.monotonic()))
@@ -196,10 +82,8 @@ class EndpointTable:
             if old is not None and (old.endpoint.address, old.endpoint.backend) == (ep.address, ep.backend):
                 old.endpoint = ep  # metadata change only: keep the connection and state
                 continue
-            try:
-                adapter = self._make_adapter(ep)
-            except ValueError as err:  # backend-specific options (Meta) that the adapter refuses
-                log.error("endpoint skipped: pool=%s id=%s backend=%s: %s", ep.pool, ep.id, ep.backend, err)
+            adapter = self._build(ep, origin[key])
+            if adapter is None:
                 continue
             if old is not None:
                 self._retired.append((old, time.monotonic()))
@@ -212,6 +96,35 @@ class EndpointTable:
             state.health_checked = key in vouched
         self._reindex()
         self._on_change(added)
+
+    def _build(self, ep: Endpoint, source: str) -> Adapter | None:
+        """The endpoint's adapter, or None when it cannot be built: that endpoint is skipped, with
+        one log line and one count per endpoint and reason, and every other endpoint applies.
+        A skipped endpoint is tried again at the next snapshot (the key file may exist by then)."""
+        try:
+            adapter = self._make_adapter(ep)
+        except Exception as err:  # one endpoint must never blank the table; bugs get a traceback
+            if isinstance(err, ValueError):  # backend options (Meta) that the adapter refuses
+                reason = "bad_options"
+            elif isinstance(err, OSError):  # a key or certificate file that cannot be read
+                reason = "unreadable_file"
+            else:
+                reason = "adapter_error"
+            seen = (ep, reason)
+            if self._rejected.get((ep.pool, ep.id)) != seen:
+                self._rejected[(ep.pool, ep.id)] = seen
+                self.invalid[(source, reason)] = self.invalid.get((source, reason), 0) + 1
+                log.error(
+                    "endpoint skipped: pool=%s id=%s backend=%s: %s",
+                    ep.pool,
+                    ep.id,
+                    ep.backend,
+                    err,
+                    exc_info=reason == "adapter_error",
+                )
+            return None
+        self._rejected.pop((ep.pool, ep.id), None)
+        return adapter
 
     def _reindex(self) -> None:
         by_model: dict[str, list[EndpointState]] = {}
@@ -266,7 +179,3 @@ class EndpointTable:
         for _, pool in self._by_source:
             ready.setdefault(pool, False)
         return ready
-
-
-def now() -> float:
-    return time.monotonic()

@@ -1,4 +1,4 @@
-"""meshgate.v1.Inference Generate / GenerateStream / Embed: protobuf <-> adapters.llm types."""
+"""meshgate.v1 Generate / GenerateStream / Embed messages <-> adapters.llm types."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from meshgate.v1 import generate_pb2, routing_pb2
 
 from adapters.llm import ChatMessage, EmbedCall, GenerateCall, StreamEnd, ToolCall, ToolDefinition, Usage
 
-from ..director import Route
+from ...pipeline.attempts import Route
 
 _FINISH = {
     "stop": generate_pb2.FINISH_REASON_STOP,

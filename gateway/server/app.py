@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -25,12 +27,15 @@ from discovery import DiscoverySource, StaticSource
 from discovery.consul import ConsulSource
 from discovery.registration import ConsulRegistrar
 
-from .config import Config
-from .director import Director
-from .endpoints import EndpointState, EndpointTable, default_adapter_maker
-from .metrics import Metrics
-from .readiness import ReadinessChecker
-from .routing.probe import LoadProbe, load_metric_names
+from ..config import Config
+from ..endpoints import EndpointState, EndpointTable, default_adapter_maker
+from ..endpoints.readiness import ReadinessChecker
+from ..load import LoadProbe, load_metric_names
+from ..observe.metrics import Metrics
+from ..pipeline.director import Director
+from ..pipeline.stages import Stage, build_stages
+from .background import supervise
+from .interceptors import PipelineInterceptor
 from .servicers.inference import InferenceServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelsServicer
@@ -42,7 +47,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Gateway:
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    """The composition root: every component is built and wired here, and only here."""
+
+    def __init__(
+        self, config: Config, registry: CollectorRegistry | None = None, extra_stages: tuple[Stage, ...] = ()
+    ) -> None:
         self.config = config
         self.metrics = Metrics(registry or CollectorRegistry())
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -53,8 +62,14 @@ class Gateway:
             config.routing.gpu_capacity,
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
-        self.director = Director(config, self.table, self.metrics, lambda s: self.readiness.check_soon([s]))
-        self.director.scheduler.outliers.on_eject = self._on_eject
+        self.director = Director(
+            config,
+            self.table,
+            self.metrics,
+            self.readiness.report_down,
+            on_eject=self._on_eject,
+            stages=build_stages(config, self.metrics, extra_stages),
+        )
         probe_cfg = config.routing.load_probe
         self.probe = LoadProbe(
             self.table.states,
@@ -70,9 +85,11 @@ class Gateway:
         if config.discovery.consul is not None:
             self.consul = ConsulSource(config.discovery.consul, REGISTRY.keys())
             self.sources.append(self.consul)
-            self.metrics.watch_source(self.consul.name, self.consul.stats)
         self.registrar: ConsulRegistrar | None = None
         self.metrics.watch_endpoints(self.table.states)
+        self.metrics.watch_discovery(
+            [(self.consul.name, self.consul.stats)] if self.consul is not None else [], self.table.invalid
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
@@ -121,23 +138,21 @@ class Gateway:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 1),
         ]
-        server = grpc.aio.server(options=options)
-        inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(self.director, cfg, self.metrics), server
-        )
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.table, self.metrics), server)
-        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.director, cfg, self.metrics, self.any_ready), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (
+        ours = (
             inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
             kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, server)
+        server = grpc.aio.server(
+            interceptors=[PipelineInterceptor(cfg, self.metrics, frozenset(ours))], options=options
+        )
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.director), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.director), server)
+        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.director, self.any_ready), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*ours, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
             self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError as err:  # grpc raises RuntimeError("Failed to bind ...")
@@ -146,11 +161,10 @@ class Gateway:
             raise OSError(f"cannot listen on {cfg.listen}")
         await self.health.set("", NOT_SERVING)
         self._health_state[""] = False
-        loop = asyncio.get_running_loop()
         for source in self.sources:
-            self._tasks.append(loop.create_task(self._follow(source)))
-        self._tasks.append(loop.create_task(self.readiness.run(self._after_readiness_round)))
-        self._tasks.append(loop.create_task(self.probe.run()))
+            self._background(f"discovery:{source.name}", functools.partial(self._follow, source))
+        self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
+        self._background("load_probe", self.probe.run)
         if self.config.metrics.listen:
             host, _, port = self.config.metrics.listen.rpartition(":")
             self._http, _thread = start_http_server(
@@ -161,11 +175,15 @@ class Gateway:
         self._server = server
         reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul
         if reg.enabled and consul_cfg is not None:
-            from . import __version__
+            from .. import __version__
 
             host = cfg.listen.rpartition(":")[0].strip("[]")
             self.registrar = ConsulRegistrar(consul_cfg, reg, host, self.port, __version__)
-            self._tasks.append(loop.create_task(self.registrar.run()))
+            self._background("registration", self.registrar.run)
+
+    def _background(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A loop that lives as long as the gateway: restarted (after a back-off) if it fails."""
+        self._tasks.append(asyncio.get_running_loop().create_task(supervise(name, run, self.metrics)))
 
     def _after_readiness_round(self) -> None:
         self._publish_health()
@@ -174,7 +192,7 @@ class Gateway:
 
     async def _follow(self, source: DiscoverySource) -> None:
         async for snap in source.watch():
-            self.table.apply(snap)
+            self.table.apply(snap)  # skips what it cannot build; a bug ends this, and supervise restarts it
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, deregister, refuse new calls, finish in-flight ones within the grace period."""

@@ -1,0 +1,217 @@
+"""The attempt loop: the one place where a call meets endpoints, for unary calls and streams.
+
+Per target of the model's chain (an alias: its split pick, then its fallbacks; a plain model: one
+target): the scheduler picks by the pool's profile; when nothing is usable the next target is
+tried ("down"); with spill-over, a pick whose predicted completion misses the deadline also moves
+on ("deadline"). A call is never sent once its deadline has passed. A retryable failure is tried
+once more on another endpoint (this target's, else the next one's) while `retry_unavailable` is
+on, the pool's retry budget allows and time remains. Every attempt reports to the scheduler
+(units, latency, outlier faults) and to metrics; an UNAVAILABLE endpoint is reported down.
+
+Unary calls and streams run the same loop: a unary call is a stream of one event. The single
+difference between them is stated once, in `_retry`: a stream is never retried after its first
+event, because the caller has already seen part of the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple, TypeVar
+
+import grpc
+
+from adapters import Adapter, BackendError
+
+from ..endpoints import EndpointState, EndpointTable
+from ..errors import GatewayError
+from ..observe.metrics import Metrics
+from ..routing.aliases import Policies, Target
+from ..routing.outlier import RetryBudget
+from ..routing.plugins import RequestInfo
+from ..routing.scheduler import Scheduler
+from .stages import Call
+
+E = TypeVar("E")
+# Opens one attempt: (adapter, seconds left, target) -> the events of the answer.
+Opener = Callable[[Adapter, float, Target], AsyncIterator[E]]
+
+MAX_ATTEMPTS = 2  # the first try plus one retry on another endpoint
+_OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# Failures that say the endpoint is unwell (they count toward outlier ejection).
+_ENDPOINT_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+class Route(NamedTuple):
+    """Where a call went: `model` answered it (the target of an alias); `skipped` says why
+    earlier targets of the alias's chain were passed over ("llama-70b: deadline")."""
+
+    pool: str
+    endpoint: str
+    backend: str
+    attempts: int
+    model: str = ""
+    skipped: tuple[str, ...] = ()
+
+
+class Attempts:
+    def __init__(
+        self,
+        table: EndpointTable,
+        scheduler: Scheduler,
+        policies: Policies,
+        retry_budget: RetryBudget,
+        metrics: Metrics,
+        *,
+        costs: dict[str, float],
+        retry_unavailable: bool,
+        on_endpoint_down: Callable[[EndpointState, str], None],
+    ) -> None:
+        self._table = table
+        self._scheduler = scheduler
+        self._policies = policies
+        self._retry_budget = retry_budget
+        self._metrics = metrics
+        self._costs = costs
+        self._retry_unavailable = retry_unavailable
+        self._on_endpoint_down = on_endpoint_down
+
+    async def run(self, call: Call, open_: Opener[E]) -> AsyncIterator[tuple[E, Route]]:
+        """The events of `call`'s answer, each with the route that produced it. Raises
+        GatewayError when no target can answer. `call.ctx.record` follows the attempts."""
+        ctx = call.ctx
+        record = ctx.record
+        chain, spill = self._policies.chain(call.model, call.version)
+        tried: list[EndpointState] = []
+        skipped: list[str] = []
+        last_error: BackendError | None = None
+        first: list[EndpointState] | None = None
+        for i, target in enumerate(chain):
+            candidates = self._candidates(target, alone=len(chain) == 1)
+            if candidates is None:
+                skipped.append(f"{target.model}: not found")
+                continue
+            if first is None:
+                first = candidates
+                self._retry_budget.request(candidates[0].endpoint.pool if candidates else "")
+            units = self._cost(target.model, candidates) * call.estimate.size
+            while True:
+                remaining = ctx.deadline - time.monotonic()
+                req = RequestInfo(target.model, target.version, units, ctx.region, remaining, ctx.prefer)
+                state = self._scheduler.pick(candidates, req, tried)
+                if state is None:
+                    skipped.append(f"{target.model}: down")
+                    break
+                ep = state.endpoint
+                if remaining <= 0:
+                    raise GatewayError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
+                    )
+                if spill and i < len(chain) - 1:
+                    expected = self._scheduler.predicted_real_seconds(state, req)
+                    if expected is not None and expected > remaining:
+                        skipped.append(f"{target.model}: deadline")
+                        self._metrics.spills.labels(ep.pool, "deadline").inc()
+                        break
+                tried.append(state)
+                route = Route(ep.pool, ep.id, ep.backend, len(tried), target.model, tuple(skipped))
+                record.model, record.pool, record.endpoint, record.attempts = (
+                    target.model,
+                    ep.pool,
+                    ep.id,
+                    len(tried),
+                )
+                predicted = self._scheduler.started(state, req)
+                start = time.monotonic()
+                events = 0
+                ok = fault = False
+                try:
+                    async for event in open_(state.adapter, remaining, target):
+                        events += 1
+                        yield event, route
+                    ok = True
+                except BackendError as err:
+                    fault = _endpoint_fault(err)
+                    self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
+                    if err.usage is not None:
+                        record.usage = err.usage
+                    if err.code == _UNAVAILABLE and not events:
+                        self._on_endpoint_down(state, f"call failed: {err.message}")
+                    if not self._retry(err, events, len(tried), ctx.deadline, ep.pool):
+                        raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
+                    self._metrics.retries.labels(ep.pool).inc()
+                    last_error = err
+                    continue
+                finally:  # answered, failed, or cancelled by the caller: the attempt is over
+                    self._scheduler.finished(state, req, predicted, time.monotonic() - start, ok, fault)
+                self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
+                if i > 0 and skipped:
+                    self._metrics.spills.labels(ep.pool, "fallback").inc()
+                return
+        raise _no_endpoint(call.model, call.version, first or [], last_error, skipped)
+
+    def _retry(self, err: BackendError, events: int, tried: int, deadline: float, pool: str) -> bool:
+        """Try `err`'s call again elsewhere? Never once a stream has delivered an event."""
+        if events or not (err.retryable and self._retry_unavailable and tried < MAX_ATTEMPTS):
+            return False
+        if deadline <= time.monotonic():
+            return False
+        if self._retry_budget.try_retry(pool):
+            return True
+        self._metrics.retry_budget_exhausted.labels(pool).inc()
+        return False
+
+    def _cost(self, model: str, candidates: list[EndpointState]) -> float:
+        """Units per unit of size: endpoint Meta `costs`, else routing.model_costs, else 1."""
+        for state in candidates:
+            cost = state.endpoint.costs.get(model)
+            if cost is not None:
+                return cost
+        return self._costs.get(model, 1.0)
+
+    def _candidates(self, target: Target, alone: bool) -> list[EndpointState] | None:
+        """The endpoints of one target (in its pool, when it names one). An unknown model is
+        NOT_FOUND for a plain request (`alone`), and None (skip it) within an alias's chain."""
+        try:
+            candidates = self._table.candidates(target.model, target.version)
+        except GatewayError:
+            if alone:
+                raise
+            return None
+        if target.pool:
+            candidates = [s for s in candidates if s.endpoint.pool == target.pool]
+        return candidates
+
+
+def _no_endpoint(
+    model: str,
+    version: str,
+    candidates: list[EndpointState],
+    last_error: BackendError | None,
+    skipped: list[str],
+) -> GatewayError:
+    if last_error is not None:
+        return GatewayError(last_error.code, last_error.message, retry_after=last_error.retry_after)
+    if not candidates:  # every target of the alias's chain is unknown
+        return GatewayError(
+            grpc.StatusCode.NOT_FOUND,
+            f"model: no target of alias {model!r} is served by any pool ({'; '.join(skipped)})",
+            field="model",
+        )
+    if len(skipped) > 1:
+        return GatewayError(
+            grpc.StatusCode.UNAVAILABLE, f"no target of {model!r} can serve now ({'; '.join(skipped)})"
+        )
+    pools = sorted({s.endpoint.pool for s in candidates})
+    what = f"model {model!r}" + (f" version {version!r}" if version else "")
+    reasons = "; ".join(f"{s.endpoint.id}: {s.status_message}" for s in candidates[:5])
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"no ready endpoint for {what} in pool(s) {', '.join(pools)} ({reasons})",
+    )
+
+
+def _endpoint_fault(err: BackendError) -> bool:
+    """Does this failure say the endpoint is unwell (toward outlier ejection)?"""
+    return err.code in _ENDPOINT_FAULTS and not err.model_error

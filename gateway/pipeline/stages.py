@@ -1,0 +1,159 @@
+"""Policy stages: what runs around the attempt loop, in one ordered list (`build_stages`).
+
+    admit   before routing, in list order; raise GatewayError to refuse the call
+    settle  once per admitted call after it ended in any way (answered, failed, refused by a
+            later stage, cancelled by the caller, a stream broken midway), in reverse order
+
+A stage that admitted a call is always settled, so a reservation taken in `admit` is always
+released or charged. Identity, rate limits, budgets and the cache each add one stage here; the
+attempt loop (attempts.py) does not change for them.
+
+Shipped stages: ValidationStage (INVALID_ARGUMENT naming the field), ComplexityStage (the size
+estimate that routing and, later, limits and budgets read) and UsageStage (token metrics from
+the settled usage, partial usage of a broken stream included).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple, Protocol
+
+import grpc
+
+from adapters import InferCall
+from adapters.llm import EmbedCall, GenerateCall, Usage
+
+from ..config import Config
+from ..errors import GatewayError
+from ..observe.metrics import Metrics
+from .context import RequestContext
+from .validation import validate_embed, validate_generate, validate_infer
+
+Kind = Literal["infer", "generate", "embed", "metadata"]
+
+
+class Estimate(NamedTuple):
+    """A call's size before it is routed. `size` times a model's cost is its complexity units:
+    items for tensor models (the batch), thousands of tokens (prompt + output) for LLMs."""
+
+    size: float
+    prompt_tokens: int = 0  # estimated: characters / 4 (no tokenizer on the request path)
+    output_tokens: int = 0  # max_tokens, or routing.expected_output_tokens when unset
+
+
+class Call:
+    """One call on its way through the pipeline; the director owns it for the call's life.
+    `estimate` is written by ComplexityStage only."""
+
+    __slots__ = ("ctx", "estimate", "kind", "model", "request", "stream", "version")
+
+    def __init__(
+        self, ctx: RequestContext, kind: Kind, model: str, version: str, request: Any, stream: bool = False
+    ) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self.model = model
+        self.version = version
+        self.request = request  # InferCall | GenerateCall | EmbedCall | None (metadata)
+        self.stream = stream
+        self.estimate = Estimate(0.0)
+
+
+class Outcome(NamedTuple):
+    """How an admitted call ended. `usage` is what the backend reported (for a broken stream,
+    what it used before it broke); `events` counts stream messages delivered to the caller."""
+
+    code: grpc.StatusCode
+    usage: Usage | None
+    seconds: float
+    events: int = 0
+
+
+class Stage(Protocol):
+    """One policy step. Called from the event loop only, concurrently for different calls."""
+
+    name: str
+
+    async def admit(self, call: Call) -> Any:
+        """Admit or refuse (raise GatewayError) `call`; the return value (a ticket, often None)
+        is handed back to `settle`."""
+        ...
+
+    async def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
+        """Account for the ended call. Must not raise: an error here is logged and counted."""
+        ...
+
+
+class ValidationStage:
+    """Every call is checked before anything else spends on it (validation.py)."""
+
+    name = "validate"
+
+    def __init__(self, config: Config) -> None:
+        self._limits = config.limits
+
+    async def admit(self, call: Call) -> None:
+        req = call.request
+        if isinstance(req, InferCall):
+            validate_infer(req, self._limits)
+        elif isinstance(req, GenerateCall):
+            validate_generate(req)
+        elif isinstance(req, EmbedCall):
+            validate_embed(req)
+        elif not call.model:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
+
+    async def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
+        return None
+
+
+class ComplexityStage:
+    """The call's size (Estimate); the attempt loop multiplies it by each target's cost.
+
+    infer:    items = the first dimension of the first input (a batch of 32 costs 32x)
+    generate: (prompt tokens + output tokens) / 1000, prompt tokens = characters / 4
+    embed:    input tokens / 1000, tokens = characters / 4
+    metadata: 0 (it holds no slot)"""
+
+    name = "complexity"
+
+    def __init__(self, config: Config) -> None:
+        self._expected_output = config.routing.expected_output_tokens
+
+    async def admit(self, call: Call) -> None:
+        req = call.request
+        if isinstance(req, InferCall):
+            shape = req.inputs[0].shape if req.inputs else ()
+            call.estimate = Estimate(float(shape[0] if shape and shape[0] > 0 else 1))
+        elif isinstance(req, GenerateCall):
+            chars = sum(len(m.text) for m in req.messages)
+            output = req.max_tokens or self._expected_output
+            call.estimate = Estimate((chars / 4.0 + output) / 1000.0, chars // 4, output)
+        elif isinstance(req, EmbedCall):
+            chars = sum(len(t) for t in req.inputs)
+            call.estimate = Estimate(chars / 4000.0, chars // 4)
+
+    async def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
+        return None
+
+
+class UsageStage:
+    """Token counts per pool (meshgate_tokens_total) from what each call used, broken streams
+    included (the tokens the caller did receive were produced and may be billed)."""
+
+    name = "usage"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def admit(self, call: Call) -> None:
+        return None
+
+    async def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
+        if outcome.usage is not None and call.ctx.record.pool:
+            self._metrics.tokens(call.ctx.record.pool, outcome.usage)
+
+
+def build_stages(config: Config, metrics: Metrics, extra: tuple[Stage, ...] = ()) -> tuple[Stage, ...]:
+    """The stage order, defined here only. `extra` (tests; later identity, limits, budgets and
+    cache, each in its place) runs after the complexity estimate, so it can read it."""
+    return (ValidationStage(config), ComplexityStage(config), *extra, UsageStage(metrics))

@@ -1,0 +1,2 @@
+"""The gRPC servicers: protobuf to the domain types and back, nothing else (the interceptor and
+the director do the rest)."""

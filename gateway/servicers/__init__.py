@@ -1,1 +1,0 @@
-"""gRPC servicers: the only gateway code that touches generated protobuf types."""
