@@ -184,10 +184,10 @@ def decision_cost(n: int = 100, calls: int = 20000) -> dict[str, tuple[float, fl
             slots=4,
         )
         s = EndpointState(ep, adapter=None)  # type: ignore[arg-type]
-        s.live, s.ready_models = True, frozenset({ModelRef("m")})
-        s.in_flight = rng.randrange(6)
-        s.outstanding_units = s.in_flight * 2.4
-        s.load = LoadSample(at=now, gpu_util=rng.random(), queue=float(rng.randrange(3)))
+        s.health.live, s.health.ready_models = True, frozenset({ModelRef("m")})
+        s.calls.in_flight = rng.randrange(6)
+        s.calls.units = s.calls.in_flight * 2.4
+        s.scrape.load = LoadSample(at=now, gpu_util=rng.random(), queue=float(rng.randrange(3)))
         states.append(s)
     out = {}
     for policy in POLICIES:

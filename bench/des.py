@@ -122,8 +122,8 @@ def simulate(
                 slots=b.slots,
             )
             s = EndpointState(ep, adapter=None)  # type: ignore[arg-type]
-            s.live, s.ready_models = True, frozenset(ep.models)
-            s.busy_since, s.busy_mark = 0.0, (0.0, 0.0)
+            s.health.live, s.health.ready_models = True, frozenset(ep.models)
+            s.calls.busy_since, s.scrape.busy_mark = 0.0, (0.0, 0.0)
             states.append(s)
         sched = Scheduler(profiles, default_profile=policy)
         for profile in sched.profiles.values():  # reproducible: each replica's picker seeded
@@ -212,10 +212,11 @@ def simulate(
             # Every replica scrapes the same pages at about the same time: one parse, shared.
             for b in backends:
                 samples[b.i] = parse_page(b.page(now), specs, now, samples[b.i])
-            for _, states in views:
+            for sched, states in views:
                 for s, sample in zip(states, samples, strict=True):
                     if sample is not None:
                         observe(s, sample)
+                        sched.scraped(s)
                 if not herding:
                     herd_factors(states)
         elif kind == "toggle":

@@ -9,6 +9,7 @@ concurrency 1 and 64:
   meshgate    h2load -> meshgate (1 process), its KServe v2 door -> backend
   meshgate-v1 the same gateway, called through meshgate.v1.Inference/Infer (typed API: converts)
   meshgate-2w h2load -> meshgate --workers 2  -> backend
+  meshgate-before  with --baseline REV: the gateway of that commit, same config, same run
   nginx       h2load -> nginx grpc_pass (1 worker, the C reference) -> backend
 
 The backend is nginx answering every call with a fixed, pre-encoded ModelInferResponse and a
@@ -116,9 +117,19 @@ PROXY_SERVER = """
 """
 
 
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=f, start_new_session=True, env=env, cwd=ROOT)
+        return subprocess.Popen(cmd, stdout=f, stderr=f, start_new_session=True, env=env, cwd=cwd)
+
+
+def baseline_tree(work: Path, rev: str) -> Path:
+    """A checkout of `rev` (git worktree) whose gateway runs beside this one: `python -m gateway`
+    from that directory imports its gateway/, adapters/ and discovery/ first."""
+    tree = work / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+    return tree
 
 
 def nginx(work: Path, name: str, servers: str) -> subprocess.Popen[bytes]:
@@ -245,6 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.chmod(0o755)  # nginx workers run as an unprivileged user and read the replies
     py = sys.executable
     results: dict[str, Any] = {}
+    baseline = baseline_tree(work, args.baseline) if args.baseline else None
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
             continue
@@ -270,12 +282,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 work / "bare.log",
             ),
         )
-        for name, workers in (("meshgate", 1), ("meshgate-2w", 2)):
+        gateways = [("meshgate", 1, ROOT), ("meshgate-2w", 2, ROOT)]
+        if baseline is not None:
+            gateways.insert(1, ("meshgate-before", 1, baseline))
+        for name, workers, tree in gateways:
             p = free_port()
-            cfg = meshgate_config(work, p, backend_port, f"{label}-{workers}")
+            cfg = meshgate_config(work, p, backend_port, f"{label}-{name}")
             cmd = [py, "-m", "gateway", "serve", "--config", str(cfg), "--workers", str(workers)]
-            targets[name] = (p, start(cmd, work / f"{name}.log"))
-            if workers == 1:
+            targets[name] = (p, start(cmd, work / f"{name}.log", cwd=tree))
+            if name == "meshgate":
                 targets["meshgate-v1"] = targets[name]
         p = free_port()
         targets["nginx"] = (
@@ -314,6 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if proc:
                     stop(proc)
             stop(backend)
+    if baseline is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     return results
 
 
@@ -333,15 +350,24 @@ def report(results: dict[str, Any]) -> str:
             )
         mg, bare, ng = row["meshgate"], row["bare-proxy"], row["nginx"]
         added_mg, added_bare = mg["p50_ms"] - direct, bare["p50_ms"] - direct
+        before = row.get("meshgate-before")
+        versus = (
+            f" {(before['p50_ms'] - direct) / added_bare:.2f} | {before['rps'] / bare['rps']:.2f} |"
+            f" {mg['cpu_ms_per_call'] - before['cpu_ms_per_call']:+.3f} |"
+            if before
+            else ""
+        )
         summary.append(
             f"| {key} | {added_mg / added_bare:.2f} | {mg['rps'] / bare['rps']:.2f} | {mg['rps'] / ng['rps']:.2f} |"
-            f" {row['meshgate-v1']['rps'] / bare['rps']:.2f} | {row['meshgate-2w']['rps'] / mg['rps']:.2f} |"
+            f" {row['meshgate-v1']['rps'] / bare['rps']:.2f} | {row['meshgate-2w']['rps'] / mg['rps']:.2f} |{versus}"
         )
+    with_before = any("meshgate-before" in row for row in results.values())
+    extra = " before/bare added p50 | before/bare req/s | CPU ms/call now - before |" if with_before else ""
     lines += [
         "",
         "| payload / concurrency | meshgate/bare added p50 | meshgate/bare req/s | meshgate/nginx req/s"
-        " | meshgate-v1/bare req/s | 2 workers/1 req/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        " | meshgate-v1/bare req/s | 2 workers/1 req/s |" + extra,
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if with_before else ""),
         *summary,
     ]
     return "\n".join(lines)
@@ -354,6 +380,12 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--sizes", nargs="*", choices=list(SIZES), default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.json"))
+    ap.add_argument(
+        "--baseline",
+        default="",
+        metavar="REV",
+        help="also run the gateway of git revision REV (a worktree), side by side: meshgate-before",
+    )
     args = ap.parse_args()
     print(
         f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.rounds} rounds of {args.seconds:g} s per path",

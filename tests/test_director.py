@@ -73,8 +73,10 @@ def _setup(n: int, regions: tuple[str, ...] = ()) -> tuple[Director, EndpointTab
     )
     table.apply(PoolSnapshot("static", "p", eps))
     for s in table.states():
-        s.live, s.ready_models = True, frozenset(s.endpoint.models)
-    director = Director(Config(), table, Metrics(CollectorRegistry()), lambda s, reason: s.mark_down(reason))
+        s.health.live, s.health.ready_models = True, frozenset(s.endpoint.models)
+    director = Director(
+        Config(), table, Metrics(CollectorRegistry()), lambda s, reason: s.health.mark_down(reason)
+    )
     return director, table, fakes
 
 
@@ -131,7 +133,7 @@ async def test_least_in_flight_and_rotation_on_ties() -> None:
         f.delay = 0.2
     slow = asyncio.ensure_future(director.infer(ctx(5.0), CALL))
     await asyncio.sleep(0.01)
-    (busy,) = [s.endpoint.id for s in table.states() if s.in_flight]
+    (busy,) = [s.endpoint.id for s in table.states() if s.calls.in_flight]
     for f in fakes.values():
         f.delay = 0.0
     picked = [(await director.infer(ctx(5.0), CALL)).route.endpoint for _ in range(6)]
@@ -144,7 +146,7 @@ async def test_preferred_region_wins_while_it_has_a_ready_endpoint() -> None:
     director, table, _ = _setup(3, regions=("us", "eu", "eu"))
     picked = {(await director.infer(ctx(5.0, region="us"), CALL)).route.endpoint for _ in range(4)}
     assert picked == {"e0"}
-    next(s for s in table.states() if s.endpoint.id == "e0").mark_down("test")
+    next(s for s in table.states() if s.endpoint.id == "e0").health.mark_down("test")
     fallback = {(await director.infer(ctx(5.0, region="us"), CALL)).route.endpoint for _ in range(4)}
     assert fallback <= {"e1", "e2"}
 
@@ -161,13 +163,13 @@ async def test_model_errors_do_not_eject_but_endpoint_faults_do() -> None:
     for _ in range(20):
         with pytest.raises(GatewayError):
             await director.infer(ctx(5.0), CALL)
-    assert bad.ejected_until == 0 and bad.consecutive_failures == 0
+    assert bad.ejection.ejected_until == 0 and bad.ejection.consecutive_failures == 0
     fakes["e0"].error = BackendError(grpc.StatusCode.INTERNAL, "CUDA error", retryable=False)
     fakes["e1"].error = None
     for _ in range(20):
         with contextlib.suppress(GatewayError):
             await director.infer(ctx(5.0), CALL)
-    assert bad.ejected_until > 0
+    assert bad.ejection.ejected_until > 0
     assert fakes["e0"].calls == 10 + 5  # ejected after its fifth fault: no calls since
 
 

@@ -131,7 +131,7 @@ class World:
             )
             self.table.apply(PoolSnapshot("static", pool, eps))
         for s in self.table.states():
-            s.live, s.ready_models = True, frozenset(s.endpoint.models)
+            s.health.live, s.health.ready_models = True, frozenset(s.endpoint.models)
         aliases = {"chat": {"fallback": [{"model": "big"}, {"model": "small"}], "spill_on_deadline": spill}}
         config = Config.model_validate({"routing": {"aliases": aliases, **routing}})
         self.metrics = Metrics(CollectorRegistry())
@@ -145,7 +145,7 @@ class World:
         )
 
     def _down(self, state: EndpointState, reason: str) -> None:
-        state.mark_down(reason)
+        state.health.mark_down(reason)
         self.down.append(state.endpoint.id)
 
     def state(self, endpoint: str) -> EndpointState:
@@ -275,11 +275,11 @@ async def test_a_cancelled_call_is_settled_and_frees_its_slot(mode: str) -> None
     w.fakes["big-0"].delay = 10.0
     task = asyncio.ensure_future(w.ask(mode, "big"))
     await asyncio.sleep(0.05)
-    assert w.state("big-0").in_flight == 1
+    assert w.state("big-0").calls.in_flight == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert w.state("big-0").in_flight == 0
+    assert w.state("big-0").calls.in_flight == 0
     (outcome,) = w.stage.settled
     assert outcome.code == grpc.StatusCode.CANCELLED
 

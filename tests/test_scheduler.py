@@ -42,11 +42,11 @@ def state(
         slots=slots,
     )
     s = EndpointState(ep, adapter=None)  # type: ignore[arg-type]
-    s.live = True
-    s.ready_models = frozenset({ModelRef("m")})
-    s.in_flight = in_flight
-    s.outstanding_units = units
-    s.load = load
+    s.health.live = True
+    s.health.ready_models = frozenset({ModelRef("m")})
+    s.calls.in_flight = in_flight
+    s.calls.units = units
+    s.scrape.load = load
     return s
 
 
@@ -73,25 +73,28 @@ def test_predicted_counts_free_slots_so_light_work_uses_an_idle_slow_gpu() -> No
 
 def test_background_gpu_load_slows_the_predicted_rate_and_stale_values_stop_counting() -> None:
     s = state("a", capacity=2, slots=2)
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     split_load(s, LoadSample(at=t0 + 1.0, gpu_util=0.8))  # nothing of ours ran: all 80% is someone else's
     ctx = Context(t0 + 1.0, 5.0)
     assert plugins.background_util(s, ctx) == pytest.approx(0.8)
     assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / (2 * 0.2))
     # One of two slots ours for the whole next window: g = x + (1 - x) * 0.5 -> x = (0.8 - 0.5) / 0.5
-    s.in_flight, s.busy_since = 1, t0 + 1.0
+    s.calls.account(t0 + 1.0, 2)  # as the scheduler does before in_flight changes
+    s.calls.in_flight = 1
     split_load(s, LoadSample(at=t0 + 2.0, gpu_util=0.8))
     assert plugins.background_util(s, Context(t0 + 2.0, 5.0)) == pytest.approx(0.6)
     # All slots ours: g says nothing about x, the last estimate stays.
-    s.in_flight, s.busy_since = 2, t0 + 2.0
+    s.calls.account(t0 + 2.0, 2)  # as the scheduler does before in_flight changes
+    s.calls.in_flight = 2
     split_load(s, LoadSample(at=t0 + 3.0, gpu_util=1.0))
     assert plugins.background_util(s, Context(t0 + 3.0, 5.0)) == pytest.approx(0.6)
     assert plugins.background_util(s, Context(t0 + 9.0, 5.0)) == 0.0  # older than max_age_s
     # Requests waiting in its queue: every slot is taken, so g says nothing about x either.
-    s.in_flight, s.busy_since = 0, t0 + 3.0
+    s.calls.account(t0 + 3.0, 2)  # as the scheduler does before in_flight changes
+    s.calls.in_flight = 0
     split_load(s, LoadSample(at=t0 + 4.0, gpu_util=0.2, queue=2.0))
     assert plugins.background_util(s, Context(t0 + 4.0, 5.0)) == pytest.approx(0.6)
-    s.load = LoadSample(at=t0 + 3.0, gpu_util=0.8)
+    s.scrape.load = LoadSample(at=t0 + 3.0, gpu_util=0.8)
     assert plugins.s_gpu_headroom(s, req(), Context(t0 + 3.5, 5.0)) == pytest.approx(0.2)
     assert plugins.s_gpu_headroom(s, req(), Context(t0 + 9.0, 5.0)) == 0.5
 
@@ -110,24 +113,24 @@ def test_other_callers_requests_hold_slots_without_slowing_the_gpu() -> None:
     one slot is free and a new request runs at full speed; a second one of ours would wait."""
     specs = load_metric_names()["any"] + load_metric_names()["triton"]
     s = state("a", capacity=2, slots=4)
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     first = parse_page(triton_page(0, 0.0, 0.0), specs, t0 + 1.0, None)
     observe(s, first)
     page = parse_page(triton_page(30, 3.0, 0.75), specs, t0 + 2.0, first)  # 30 answers, none ours
     assert (page.busy, page.completed) == (pytest.approx(3.0), 30)
     observe(s, page)
     ctx = Context(t0 + 2.0, 5.0)
-    assert s.shared is not None
-    assert s.shared.others == pytest.approx(3.0)
+    assert s.scrape.shared is not None
+    assert s.scrape.shared.others == pytest.approx(3.0)
     assert plugins.background_util(s, ctx) == pytest.approx(0.0)
     assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / 2)  # the free slot, full speed
-    s.in_flight, s.outstanding_units = 1, 1.0
+    s.calls.in_flight, s.calls.units = 1, 1.0
     # busy = 1 + 3 = slots: one ahead, of 1 unit, on 4 slots at rate 2
     assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 / 2 + 1 / (2 * 4))
     # Without the compute counter, the same 75% would all read as background load.
     t = state("b", capacity=2, slots=4)
-    split_load(t, LoadSample(at=t.busy_since + 1.0, gpu_util=0.75))
-    assert plugins.background_util(t, Context(t.busy_since + 1.0, 5.0)) == pytest.approx(0.75)
+    split_load(t, LoadSample(at=t.calls.busy_since + 1.0, gpu_util=0.75))
+    assert plugins.background_util(t, Context(t.calls.busy_since + 1.0, 5.0)) == pytest.approx(0.75)
 
 
 def test_replicas_share_extrapolates_what_the_others_sent_since_the_scrape() -> None:
@@ -135,16 +138,16 @@ def test_replicas_share_extrapolates_what_the_others_sent_since_the_scrape() -> 
     scrape mean about four more from the other replicas, deciding from the same snapshot."""
     specs = load_metric_names()["any"] + load_metric_names()["triton"]
     s = state("a", capacity=1, slots=8)
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     first = parse_page(triton_page(0, 0.0, 0.0), specs, t0 + 1.0, None)
     observe(s, first)
-    s.completed = 10
+    s.calls.completed = 10
     observe(s, parse_page(triton_page(30, 0.0, 0.0), specs, t0 + 2.0, first))
     herd_factors([s])
-    assert s.shared is not None and s.shared.share == pytest.approx(1 / 3)
-    assert s.shared.herd == pytest.approx(2.0)
+    assert s.scrape.shared is not None and s.scrape.shared.share == pytest.approx(1 / 3)
+    assert s.scrape.shared.herd == pytest.approx(2.0)
     ctx = Context(t0 + 2.0, 5.0)
-    s.in_flight, s.outstanding_units = 5, 5.0  # 5 more since the scrape: 5 + 10 others = 15 busy
+    s.calls.in_flight, s.calls.units = 5, 5.0  # 5 more since the scrape: 5 + 10 others = 15 busy
     # ahead = 5 + 10 - 8 + 1 = 8, each 1 unit, on 8 slots at rate 1
     assert plugins.predicted_seconds(s, req(1), ctx) == pytest.approx(1 + 8 / 8)
     assert plugins.predicted_seconds(state("alone", slots=8, in_flight=5, units=5), req(1), ctx) == 1
@@ -169,10 +172,10 @@ def test_simple_scorers() -> None:
     assert plugins.s_region(state("a", region="eu"), req(region="eu"), CTX) == 1.0
     s = state("a")
     assert plugins.s_latency(s, req(), CTX) == 0.5  # neutral before the first sample
-    s.latency["m"] = 0.030  # 30 ms per unit: 1 / (1 + 3)
+    s.calls.latency["m"] = 0.030  # 30 ms per unit: 1 / (1 + 3)
     assert plugins.s_latency(s, req(), CTX) == pytest.approx(0.25)
     fast = state("b")
-    fast.latency["m"] = 0.005  # 5 ms per unit: 1 / (1 + 0.5)
+    fast.calls.latency["m"] = 0.005  # 5 ms per unit: 1 / (1 + 0.5)
     assert plugins.s_latency(fast, req(), CTX) == pytest.approx(2 / 3)
     assert plugins.s_latency(fast, req(), CTX) > plugins.s_latency(s, req(), CTX)
     for v in (
@@ -209,14 +212,14 @@ def test_max_score_rotates_between_equals_and_p2c_compares_two_distinct() -> Non
 def test_filters_exclude_not_ready_ejected_and_tried() -> None:
     sched = Scheduler()
     a, b, c = state("a"), state("b"), state("c")
-    b.live = False
-    c.ejected_until = time.monotonic() + 60
+    b.health.live = False
+    c.ejection.ejected_until = time.monotonic() + 60
     assert sched.pick([a, b, c], req()) is a
     assert sched.pick([a, b, c], req(), exclude=[a]) is None
     region_sched = Scheduler()
     eu, us = state("eu", region="eu", in_flight=3), state("us", region="us")
     assert region_sched.pick([eu, us], req(region="eu")) is eu  # soft: the region wins while it can
-    eu.live = False
+    eu.health.live = False
     assert region_sched.pick([eu, us], req(region="eu")) is us
 
 
@@ -251,10 +254,10 @@ def test_consecutive_failures_eject_with_growing_time_and_a_cap_on_the_share() -
     det.success(a)  # a success resets the count
     det.failure(a)
     det.failure(a)
-    assert a.ejected_until == 0
+    assert a.ejection.ejected_until == 0
     det.failure(a)
-    assert ejected == [("a", 10)] and a.ejected_until > time.monotonic()
-    a.ejected_until = 0  # the ejection ran out; failing again doubles it
+    assert ejected == [("a", 10)] and a.ejection.ejected_until > time.monotonic()
+    a.ejection.ejected_until = 0  # the ejection ran out; failing again doubles it
     for _ in range(3):
         det.failure(a)
     assert ejected[-1] == ("a", 20)
@@ -330,7 +333,7 @@ def test_prefer_cost_takes_half_the_score_from_price() -> None:
     by_cost = RequestInfo("m", "", 1.0, "", 1.0, "cost")
     assert all(sched.pick([dear, cheap], by_cost) is cheap for _ in range(10))
     assert {sched.pick([dear, cheap], req()).endpoint.id for _ in range(10)} == {"cheap", "dear"}  # type: ignore[union-attr]
-    cheap.in_flight, cheap.outstanding_units = 4, 32.0  # 33x slower now: speed outweighs a 20% price gap
+    cheap.calls.in_flight, cheap.calls.units = 4, 32.0  # 33x slower now: speed outweighs a 20% price gap
     assert sched.pick([dear, cheap], by_cost) is dear
 
 
@@ -389,15 +392,17 @@ def test_an_ensembles_composing_models_do_not_count_as_other_callers() -> None:
 
     s = state("a", slots=4)
     s.endpoint = dataclasses.replace(s.endpoint, models=(ModelRef("pipe"),))
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     first = parse_page(page(0), specs, t0 + 1.0, None)
     observe(s, first)
-    s.completed = 10
+    s.calls.completed = 10
     observe(s, parse_page(page(10), specs, t0 + 2.0, first))
-    assert s.shared is not None
-    assert s.shared.share == pytest.approx(1.0)
-    assert s.shared.others == pytest.approx(0.0)
-    assert s.load is not None and s.load.busy == pytest.approx(1.5)  # the page's total: 3 x 0.5 s
+    assert s.scrape.shared is not None
+    assert s.scrape.shared.share == pytest.approx(1.0)
+    assert s.scrape.shared.others == pytest.approx(0.0)
+    assert s.scrape.load is not None and s.scrape.load.busy == pytest.approx(
+        1.5
+    )  # the page's total: 3 x 0.5 s
 
 
 def test_vllm_running_and_answers_split_into_ours_and_other_callers() -> None:
@@ -415,17 +420,17 @@ def test_vllm_running_and_answers_split_into_ours_and_other_callers() -> None:
         )
 
     s = state("v", slots=16)
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     first = parse_page(page(10, 2), specs, t0 + 1.0, None)
     observe(s, first)
-    s.completed = 2
+    s.calls.completed = 2
     second = parse_page(page(16, 4), specs, t0 + 2.0, first)
     assert (second.busy, second.completed) == (4, 8)
     observe(s, second)
-    assert s.shared is not None
-    assert s.shared.share == pytest.approx(0.25)
+    assert s.scrape.shared is not None
+    assert s.scrape.shared.share == pytest.approx(0.25)
     # Smoothed over scrapes: half the first scrape's 4 (nothing of ours ran), half this one's 3.
-    assert s.shared.others == pytest.approx(0.5 * (4 + 3))
+    assert s.scrape.shared.others == pytest.approx(0.5 * (4 + 3))
 
 
 def test_a_restarted_server_resets_its_counters_without_misleading_the_split() -> None:
@@ -433,18 +438,18 @@ def test_a_restarted_server_resets_its_counters_without_misleading_the_split() -
     rates, no share from it); the next one counts again."""
     specs = load_metric_names()["any"] + load_metric_names()["triton"]
     s = state("a", slots=4)
-    t0 = s.busy_since
+    t0 = s.calls.busy_since
     first = parse_page(triton_page(100, 50.0, 0.0), specs, t0 + 1.0, None)
     observe(s, first)
-    s.completed = 40
+    s.calls.completed = 40
     restarted = parse_page(triton_page(3, 0.5, 0.0), specs, t0 + 2.0, first)
     assert (restarted.busy, restarted.completed) == (None, None)
     observe(s, restarted)
-    assert s.shared is not None and s.shared.share == 1.0 and s.shared.others == 0.0
-    s.completed = 43
+    assert s.scrape.shared is not None and s.scrape.shared.share == 1.0 and s.scrape.shared.others == 0.0
+    s.calls.completed = 43
     observe(s, parse_page(triton_page(9, 2.5, 0.0), specs, t0 + 3.0, restarted))
-    assert s.shared.share == pytest.approx(0.5)  # 3 of the 6 answered since are ours
-    assert s.shared.others == pytest.approx(1.0)  # 2 s of compute in 1 s, half of it others'
+    assert s.scrape.shared.share == pytest.approx(0.5)  # 3 of the 6 answered since are ours
+    assert s.scrape.shared.others == pytest.approx(1.0)  # 2 s of compute in 1 s, half of it others'
 
 
 def test_the_parser_reads_only_the_declared_models_lines_unless_none_match() -> None:
@@ -467,7 +472,7 @@ def test_other_callers_requests_are_taken_as_the_pools_mean_size() -> None:
     same callers send them) stands in. With heavy traffic (mean 8 units) the wait is 8x that of
     light traffic (mean 1)."""
     s = state("a", capacity=1, slots=4)
-    s.shared = Shared(0.0, 4.0, NOW, 0.0, 0, 0, 0.0, 10.0, 0.0)
+    s.scrape.shared = Shared(0.0, 4.0, NOW, 0.0, 0, 0, 0.0, 10.0, 0.0)
     light_pool = plugins.predicted_seconds(s, req(1), Context(NOW, 5.0, 1.0))
     heavy_pool = plugins.predicted_seconds(s, req(1), Context(NOW, 5.0, 8.0))
     assert light_pool == pytest.approx(1 + 1 * 1 / 4)

@@ -40,7 +40,7 @@ class ReadinessChecker:
     def report_down(self, state: EndpointState, reason: str) -> None:
         """Passive health: a call found `state` unavailable. It leaves rotation now and is checked
         again at once; a passing check revives it. Event loop thread only."""
-        state.mark_down(reason)
+        state.health.mark_down(reason)
         self.check_soon([state])
 
     def check_soon(self, states: Iterable[EndpointState]) -> None:
@@ -55,7 +55,9 @@ class ReadinessChecker:
         while True:
             now = time.monotonic()
             if now >= next_full:
-                batch = [s for s in self._table.states() if now - s.checked_at >= self.interval(s) * 0.9]
+                batch = [
+                    s for s in self._table.states() if now - s.health.checked_at >= self.interval(s) * 0.9
+                ]
                 next_full = now + self._config.interval_s * random.uniform(0.8, 1.2)
             else:
                 current = set(self._table.states())
@@ -75,14 +77,18 @@ class ReadinessChecker:
         (Consul) vouches for it and all its models are ready. A failed call checks it at once."""
         cfg = self._config
         seconds = cfg.interval_by_backend.get(state.endpoint.backend, cfg.interval_s)
-        if state.health_checked and state.live and len(state.ready_models) == len(state.endpoint.models):
+        if (
+            state.health_checked
+            and state.health.live
+            and len(state.health.ready_models) == len(state.endpoint.models)
+        ):
             seconds = max(seconds, cfg.health_checked_interval_s)
         return seconds
 
     async def check(self, state: EndpointState) -> None:
         timeout = self._config.timeout_s
         ep = state.endpoint
-        was_ready = state.ready_models
+        was_ready = state.health.ready_models
         try:
             live = await state.adapter.server_live(timeout)
             ready = set()
@@ -101,17 +107,17 @@ class ReadinessChecker:
             live, ready, message = False, set(), err.message
         except Exception as err:  # an adapter bug: this endpoint is not ready, the loop goes on
             live, ready, message = False, set(), f"readiness check failed: {type(err).__name__}: {err}"
-            if state.status_message != message:  # one line per endpoint and problem
+            if state.health.message != message:  # one line per endpoint and problem
                 log.error("endpoint %s/%s: %s", ep.pool, ep.id, message, exc_info=True)
-        state.live = live
-        state.ready_models = frozenset(ready)
-        state.status_message = message
-        state.checked_at = time.monotonic()
-        if state.ready_models != was_ready:
+        state.health.live = live
+        state.health.ready_models = frozenset(ready)
+        state.health.message = message
+        state.health.checked_at = time.monotonic()
+        if state.health.ready_models != was_ready:
             log.info(
                 "endpoint %s/%s: ready models %s (%s)",
                 ep.pool,
                 ep.id,
-                sorted(r.name for r in state.ready_models) or "none",
+                sorted(r.name for r in state.health.ready_models) or "none",
                 message,
             )

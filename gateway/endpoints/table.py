@@ -137,8 +137,10 @@ class EndpointTable:
         """Adapters of removed endpoints whose in-flight calls have ended (or that lingered
         `linger_s`), for the caller to close. Removed endpoints get no new calls at once."""
         now = time.monotonic()
-        done = [s for s, at in self._retired if s.in_flight == 0 or now - at > linger_s]
-        self._retired = [(s, at) for s, at in self._retired if not (s.in_flight == 0 or now - at > linger_s)]
+        done = [s for s, at in self._retired if s.calls.in_flight == 0 or now - at > linger_s]
+        self._retired = [
+            (s, at) for s, at in self._retired if not (s.calls.in_flight == 0 or now - at > linger_s)
+        ]
         return [s.adapter for s in done]
 
     def candidates(self, model: str, version: str) -> list[EndpointState]:
@@ -175,7 +177,7 @@ class EndpointTable:
     def pool_ready(self) -> dict[str, bool]:
         ready: dict[str, bool] = {}
         for (pool, _), state in self._states.items():
-            ready[pool] = ready.get(pool, False) or (state.live and bool(state.ready_models))
+            ready[pool] = ready.get(pool, False) or (state.health.live and bool(state.health.ready_models))
         for _, pool in self._by_source:
             ready.setdefault(pool, False)
         return ready

@@ -108,44 +108,7 @@ def parse_page(
     behind an endpoint that declares 3 is parsed for 3), unless a metric has no line for any of
     them."""
     by_name = {s.metric: s for s in specs}
-    wanted = (
-        {s.metric: tuple(f'{s.model_label}="{m}"' for m in models) for s in by_name.values() if s.model_label}
-        if models is not None
-        else {}
-    )
-    kept = []
-    others: dict[str, list[str]] = {}  # per-model lines for other models, by metric
-    matched: set[str] = set()
-    for line in text.splitlines():
-        if line[:1] in ("#", ""):
-            continue
-        name = _name(line)
-        if name not in by_name:
-            continue
-        labels = wanted.get(name)
-        if labels is not None:
-            if not any(label in line for label in labels):
-                others.setdefault(name, []).append(line)
-                continue
-            matched.add(name)
-        kept.append(line)
-    for name, lines in others.items():  # no line for a declared model: the label holds another
-        if name not in matched:  # name for it (a served-model alias): read them all, as without
-            kept += lines
-    sums: dict[str, list[float]] = {}
-    per_model: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families("\n".join(kept) + "\n"):
-        for sample in family.samples:
-            spec = by_name.get(sample.name)
-            if spec is None:
-                continue
-            value = float(sample.value) * spec.scale
-            if value != value:  # NaN: the server has no value now
-                continue
-            sums.setdefault(spec.signal, []).append(value)
-            if spec.model_label and spec.model_label in sample.labels:
-                key = (spec.signal, sample.labels[spec.model_label])
-                per_model[key] = per_model.get(key, 0.0) + value
+    sums, per_model = _read(_keep_lines(text, by_name, models), by_name)
 
     def mean(signal: str) -> float | None:
         values = sums.get(signal)
@@ -190,6 +153,56 @@ def parse_page(
         compute_s_per_request=compute_s,
         counters=counters,
     )
+
+
+def _keep_lines(text: str, by_name: Mapping[str, MetricSpec], models: frozenset[str] | None) -> list[str]:
+    """The page's lines for the wanted metric names (and, per model, the declared models)."""
+    wanted = (
+        {s.metric: tuple(f'{s.model_label}="{m}"' for m in models) for s in by_name.values() if s.model_label}
+        if models is not None
+        else {}
+    )
+    kept = []
+    others: dict[str, list[str]] = {}  # per-model lines for other models, by metric
+    matched: set[str] = set()
+    for line in text.splitlines():
+        if line[:1] in ("#", ""):
+            continue
+        name = _name(line)
+        if name not in by_name:
+            continue
+        labels = wanted.get(name)
+        if labels is not None:
+            if not any(label in line for label in labels):
+                others.setdefault(name, []).append(line)
+                continue
+            matched.add(name)
+        kept.append(line)
+    for name, lines in others.items():  # no line for a declared model: the label holds another
+        if name not in matched:  # name for it (a served-model alias): read them all, as without
+            kept += lines
+    return kept
+
+
+def _read(
+    kept: list[str], by_name: Mapping[str, MetricSpec]
+) -> tuple[dict[str, list[float]], dict[tuple[str, str], float]]:
+    """Parse the kept lines: values by signal, and per (signal, model) where the page says."""
+    sums: dict[str, list[float]] = {}
+    per_model: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families("\n".join(kept) + "\n"):
+        for sample in family.samples:
+            spec = by_name.get(sample.name)
+            if spec is None:
+                continue
+            value = float(sample.value) * spec.scale
+            if value != value:  # NaN: the server has no value now
+                continue
+            sums.setdefault(spec.signal, []).append(value)
+            if spec.model_label and spec.model_label in sample.labels:
+                key = (spec.signal, sample.labels[spec.model_label])
+                per_model[key] = per_model.get(key, 0.0) + value
+    return sums, per_model
 
 
 def _rates(

@@ -43,6 +43,7 @@ class LoadProbe:
         timeout_s: float = 0.5,
         metric_names: Mapping[str, tuple[MetricSpec, ...]] | None = None,
         on_scrape: Callable[[str, bool], None] = lambda url, ok: None,
+        on_sample: Callable[[EndpointState], None] = lambda state: None,
         max_concurrent: int = 32,
     ) -> None:
         self._states = states
@@ -50,7 +51,8 @@ class LoadProbe:
         self.jitter = jitter
         self.timeout_s = timeout_s
         self.metric_names = metric_names if metric_names is not None else load_metric_names()
-        self._on_scrape = on_scrape
+        self._on_scrape = on_scrape  # (url, ok) per scrape: metrics
+        self._on_sample = on_sample  # per endpoint with a fresh sample: the scheduler
         # aiohttp, not httpx, for the scrapes: ~80 us of CPU per GET against ~830 us (measured
         # with 100 servers, `make bench-probe`), which is the difference between a 1,000-endpoint
         # fleet costing 0.1 or 1 core per scrape interval; and httpcore's pool scans every pooled
@@ -108,9 +110,10 @@ class LoadProbe:
             return
         self.errors.pop(url, None)
         self._last[url] = sample
-        completed = sum(s.completed for s in states)
+        completed = sum(s.calls.completed for s in states)
         for state in states:
             observe(state, sample, completed, models)
+            self._on_sample(state)
         self._on_scrape(url, True)
 
     async def run(self) -> None:

@@ -19,13 +19,10 @@ def observe(
 
     When more than one endpoint state shares the page (one Triton serving two pools),
     `completed` is our answered calls to all of them and `models` all the models they declare."""
-    previous, state.load = state.load, sample
+    previous, state.scrape.load = state.scrape.load, sample
     # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
     # (other replicas', other clients') is news; a stale total would double-count ours.
-    state.queued_at_scrape = max(0, state.in_flight - state.endpoint.slots)
-    # Latency feedback fades (half per scrape) unless completions renew it: an endpoint judged
-    # slow gets little traffic, so it must not stay judged slow on old evidence.
-    state.slowdown = 1.0 + (state.slowdown - 1.0) * 0.5
+    state.scrape.queued_at_scrape = max(0, state.calls.in_flight - state.endpoint.slots)
     split_load(state, sample, previous, completed, models)
 
 
@@ -51,7 +48,7 @@ def split_load(
     completed: int | None = None,
     models: frozenset[str] | None = None,
 ) -> None:
-    """Split what a scrape says into ours and everyone else's: `state.shared`.
+    """Split what a scrape says into ours and everyone else's: `state.scrape.shared`.
 
     Two different things hide in "the GPU is busy", and they cost a new request differently:
     - occupancy: other callers' requests (other gateway replicas, other clients) hold batch
@@ -59,7 +56,7 @@ def split_load(
       o = B (1 - s): B the requests executing on average over the window (`busy`: Triton's
       compute-time counter over elapsed time, or vLLM's running gauge), s our share of the
       requests the endpoint answered over recent windows (ours / its request counter). Without a
-      request counter, o = B - ours, ours our own busy share (EndpointState.busy_area) times
+      request counter, o = B - ours, ours our own busy share (Calls.busy_area) times
       the slots.
     - background x: work outside the serving process (another tenant on the GPU) that slows
       every request. A GPU busy with n of its slots' worth of requests and x of other work
@@ -91,13 +88,13 @@ def split_load(
     if gpu_util is None and busy is None:
         return
     if completed is None:
-        completed = state.completed
-    state.account_busy(now)
-    area, at = state.busy_mark
-    b = (state.busy_area - area) / (now - at) if now > at else 0.0
-    state.busy_mark = (state.busy_area, now)
+        completed = state.calls.completed
+    area, at = state.scrape.busy_mark
+    area_now = state.calls.area_at(now, state.endpoint.slots)
+    b = (area_now - area) / (now - at) if now > at else 0.0
+    state.scrape.busy_mark = (area_now, now)
     slots = state.endpoint.slots
-    last = state.shared
+    last = state.scrape.shared
     share, seen_ours, seen_all, others, x = 1.0, 0.0, 0.0, 0.0, 0.0
     if last is not None:
         share, seen_ours, seen_all, others, x = (
@@ -123,7 +120,9 @@ def split_load(
     if gpu_util is not None and n < 0.95:
         x = min(0.95, max(0.0, (gpu_util - n) / (1.0 - n)))
     herd = last.herd if last is not None else 0.0
-    state.shared = Shared(x, others, now, share, state.in_flight, completed, seen_ours, seen_all, herd)
+    state.scrape.shared = Shared(
+        x, others, now, share, state.calls.in_flight, completed, seen_ours, seen_all, herd
+    )
 
 
 def herd_factors(states: Iterable[EndpointState]) -> None:
@@ -135,12 +134,12 @@ def herd_factors(states: Iterable[EndpointState]) -> None:
     herd with us. 0 where we are the only caller, or before the counters say."""
     by_pool: dict[str, list[EndpointState]] = {}
     for s in states:
-        if s.shared is not None:
+        if s.scrape.shared is not None:
             by_pool.setdefault(s.endpoint.pool, []).append(s)
     for members in by_pool.values():
-        ours = sum(s.shared.seen_ours for s in members if s.shared is not None)
-        seen = sum(s.shared.seen_all for s in members if s.shared is not None)
+        ours = sum(s.scrape.shared.seen_ours for s in members if s.scrape.shared is not None)
+        seen = sum(s.scrape.shared.seen_all for s in members if s.scrape.shared is not None)
         herd = 1.0 / max(0.05, min(1.0, ours / seen)) - 1.0 if seen >= 1.0 else 0.0
         for s in members:
-            if s.shared is not None and s.shared.herd != herd:
-                s.shared = s.shared._replace(herd=herd)
+            if s.scrape.shared is not None and s.scrape.shared.herd != herd:
+                s.scrape.shared = s.scrape.shared._replace(herd=herd)

@@ -196,69 +196,76 @@ class _EndpointCollector(Collector):
         self._states = states
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        ready = GaugeMetricFamily(
-            "meshgate_endpoint_ready",
-            "1 when the endpoint is live with a ready model.",
-            labels=["pool", "endpoint"],
-        )
-        inflight = GaugeMetricFamily(
-            "meshgate_endpoint_in_flight", "Calls in flight to the endpoint.", labels=["pool", "endpoint"]
-        )
-        age = GaugeMetricFamily(
-            "meshgate_endpoint_check_age_seconds",
-            "Seconds since the endpoint's readiness was last checked.",
-            labels=["pool", "endpoint"],
-        )
-        units = GaugeMetricFamily(
-            "meshgate_endpoint_outstanding_units",
-            "Complexity units in flight to the endpoint from this gateway.",
-            labels=["pool", "endpoint"],
-        )
-        score = GaugeMetricFamily(
-            "meshgate_endpoint_score",
-            "The endpoint's score at its last scheduling decision (0..1, higher wins).",
-            labels=["pool", "endpoint"],
-        )
-        ejected = GaugeMetricFamily(
-            "meshgate_endpoint_ejected",
-            "1 while the endpoint is ejected by passive outlier detection.",
-            labels=["pool", "endpoint"],
-        )
-        signal = GaugeMetricFamily(
-            "meshgate_endpoint_load",
-            "The endpoint's latest scraped load signals (gpu_util, gpu_mem, queue, running, kv_cache,"
-            " busy) and what the scheduler makes of them (others_running, background, our_share).",
-            labels=["pool", "endpoint", "signal"],
-        )
-        scrape_age = GaugeMetricFamily(
-            "meshgate_endpoint_load_age_seconds",
-            "Seconds since the endpoint's metrics were last scraped successfully.",
-            labels=["pool", "endpoint"],
-        )
+        ready, inflight, age, units, score, ejected, signal, scrape_age = _endpoint_families()
         now = time.monotonic()
         for s in list(self._states()):
             labels = [s.endpoint.pool, s.endpoint.id]
-            ready.add_metric(labels, 1.0 if s.live and s.ready_models else 0.0)
-            inflight.add_metric(labels, float(s.in_flight))
-            if s.checked_at:
-                age.add_metric(labels, now - s.checked_at)
-            units.add_metric(labels, s.outstanding_units)
-            if s.score >= 0:
-                score.add_metric(labels, s.score)
-            ejected.add_metric(labels, 1.0 if s.ejected_until > now else 0.0)
-            load = s.load
+            ready.add_metric(labels, 1.0 if s.health.live and s.health.ready_models else 0.0)
+            inflight.add_metric(labels, float(s.calls.in_flight))
+            if s.health.checked_at:
+                age.add_metric(labels, now - s.health.checked_at)
+            units.add_metric(labels, s.calls.units)
+            if s.calls.score >= 0:
+                score.add_metric(labels, s.calls.score)
+            ejected.add_metric(labels, 1.0 if s.ejection.ejected_until > now else 0.0)
+            load = s.scrape.load
             if load is not None:
                 scrape_age.add_metric(labels, now - load.at)
                 for name in ("gpu_util", "gpu_mem", "queue", "running", "kv_cache", "busy"):
                     value = getattr(load, name)
                     if value is not None:
                         signal.add_metric([*labels, name], value)
-            shared = s.shared
+            shared = s.scrape.shared
             if shared is not None:
                 signal.add_metric([*labels, "others_running"], shared.others)
                 signal.add_metric([*labels, "background"], shared.background)
                 signal.add_metric([*labels, "our_share"], shared.share)
         yield from (ready, inflight, age, units, score, ejected, signal, scrape_age)
+
+
+def _endpoint_families() -> tuple[GaugeMetricFamily, ...]:
+    """The per-endpoint gauge families, empty: ready, in flight, check age, units, score,
+    ejected, load signals, scrape age."""
+    ready = GaugeMetricFamily(
+        "meshgate_endpoint_ready",
+        "1 when the endpoint is live with a ready model.",
+        labels=["pool", "endpoint"],
+    )
+    inflight = GaugeMetricFamily(
+        "meshgate_endpoint_in_flight", "Calls in flight to the endpoint.", labels=["pool", "endpoint"]
+    )
+    age = GaugeMetricFamily(
+        "meshgate_endpoint_check_age_seconds",
+        "Seconds since the endpoint's readiness was last checked.",
+        labels=["pool", "endpoint"],
+    )
+    units = GaugeMetricFamily(
+        "meshgate_endpoint_outstanding_units",
+        "Complexity units in flight to the endpoint from this gateway.",
+        labels=["pool", "endpoint"],
+    )
+    score = GaugeMetricFamily(
+        "meshgate_endpoint_score",
+        "The endpoint's score at its last scheduling decision (0..1, higher wins).",
+        labels=["pool", "endpoint"],
+    )
+    ejected = GaugeMetricFamily(
+        "meshgate_endpoint_ejected",
+        "1 while the endpoint is ejected by passive outlier detection.",
+        labels=["pool", "endpoint"],
+    )
+    signal = GaugeMetricFamily(
+        "meshgate_endpoint_load",
+        "The endpoint's latest scraped load signals (gpu_util, gpu_mem, queue, running, kv_cache,"
+        " busy) and what the scheduler makes of them (others_running, background, our_share).",
+        labels=["pool", "endpoint", "signal"],
+    )
+    scrape_age = GaugeMetricFamily(
+        "meshgate_endpoint_load_age_seconds",
+        "Seconds since the endpoint's metrics were last scraped successfully.",
+        labels=["pool", "endpoint"],
+    )
+    return (ready, inflight, age, units, score, ejected, signal, scrape_age)
 
 
 class _DiscoveryCollector(Collector):

@@ -97,23 +97,13 @@ class Attempts:
                 self._retry_budget.request(candidates[0].endpoint.pool if candidates else "")
             units = self._cost(target.model, candidates) * call.estimate.size
             while True:
-                remaining = ctx.deadline - time.monotonic()
-                req = RequestInfo(target.model, target.version, units, ctx.region, remaining, ctx.prefer)
-                state = self._scheduler.pick(candidates, req, tried)
-                if state is None:
-                    skipped.append(f"{target.model}: down")
+                chosen = self._choose(
+                    call, target, candidates, units, tried, skipped, spill and i < len(chain) - 1
+                )
+                if chosen is None:
                     break
+                state, req = chosen
                 ep = state.endpoint
-                if remaining <= 0:
-                    raise GatewayError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {ep.id}"
-                    )
-                if spill and i < len(chain) - 1:
-                    expected = self._scheduler.predicted_real_seconds(state, req)
-                    if expected is not None and expected > remaining:
-                        skipped.append(f"{target.model}: deadline")
-                        self._metrics.spills.labels(ep.pool, "deadline").inc()
-                        break
                 tried.append(state)
                 route = Route(ep.pool, ep.id, ep.backend, len(tried), target.model, tuple(skipped))
                 record.model, record.pool, record.endpoint, record.attempts = (
@@ -127,7 +117,7 @@ class Attempts:
                 events = 0
                 ok = fault = False
                 try:
-                    async for event in open_(state.adapter, remaining, target):
+                    async for event in open_(state.adapter, req.timeout_s, target):
                         events += 1
                         yield event, route
                     ok = True
@@ -150,6 +140,37 @@ class Attempts:
                     self._metrics.spills.labels(ep.pool, "fallback").inc()
                 return
         raise _no_endpoint(call.model, call.version, first or [], last_error, skipped)
+
+    def _choose(
+        self,
+        call: Call,
+        target: Target,
+        candidates: list[EndpointState],
+        units: float,
+        tried: list[EndpointState],
+        skipped: list[str],
+        spill: bool,
+    ) -> tuple[EndpointState, RequestInfo] | None:
+        """The endpoint of `target` to try next, or None to move on to the next target (the
+        reason is added to `skipped`). Raises DEADLINE_EXCEEDED once no time is left."""
+        ctx = call.ctx
+        remaining = ctx.deadline - time.monotonic()
+        req = RequestInfo(target.model, target.version, units, ctx.region, remaining, ctx.prefer)
+        state = self._scheduler.pick(candidates, req, tried)
+        if state is None:
+            skipped.append(f"{target.model}: down")
+            return None
+        if remaining <= 0:
+            raise GatewayError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before calling {state.endpoint.id}"
+            )
+        if spill:
+            expected = self._scheduler.predicted_real_seconds(state, req)
+            if expected is not None and expected > remaining:
+                skipped.append(f"{target.model}: deadline")
+                self._metrics.spills.labels(state.endpoint.pool, "deadline").inc()
+                return None
+        return state, req
 
     def _retry(self, err: BackendError, events: int, tried: int, deadline: float, pool: str) -> bool:
         """Try `err`'s call again elsewhere? Never once a stream has delivered an event."""
@@ -205,7 +226,7 @@ def _no_endpoint(
         )
     pools = sorted({s.endpoint.pool for s in candidates})
     what = f"model {model!r}" + (f" version {version!r}" if version else "")
-    reasons = "; ".join(f"{s.endpoint.id}: {s.status_message}" for s in candidates[:5])
+    reasons = "; ".join(f"{s.endpoint.id}: {s.health.message}" for s in candidates[:5])
     return GatewayError(
         grpc.StatusCode.UNAVAILABLE,
         f"no ready endpoint for {what} in pool(s) {', '.join(pools)} ({reasons})",

@@ -43,31 +43,31 @@ class OutlierDetector:
         self._last_ejected: dict[int, float] = {}
 
     def success(self, state: EndpointState) -> None:
-        state.consecutive_failures = 0
-        if state.ejections:
+        state.ejection.consecutive_failures = 0
+        if state.ejection.ejections:
             now = time.monotonic()
             since = self._last_ejected.get(id(state), 0.0)
             if now - since > self.policy.max_ejection_s:
-                state.ejections -= 1
+                state.ejection.ejections -= 1
                 self._last_ejected[id(state)] = now
 
     def failure(self, state: EndpointState) -> None:
-        state.consecutive_failures += 1
+        state.ejection.consecutive_failures += 1
         p = self.policy
-        if state.consecutive_failures < p.consecutive_failures:
+        if state.ejection.consecutive_failures < p.consecutive_failures:
             return
         now = time.monotonic()
-        if state.ejected_until > now:
+        if state.ejection.ejected_until > now:
             return
         peers = self.pool_states(state.endpoint.pool) or [state]
-        ejected = sum(1 for s in peers if s.ejected_until > now)
+        ejected = sum(1 for s in peers if s.ejection.ejected_until > now)
         allowed = min(len(peers) - 1, math.floor(len(peers) * p.max_ejected_percent / 100))
         if ejected >= allowed:
             return
-        state.ejections += 1
-        seconds = min(p.max_ejection_s, p.base_ejection_s * 2 ** (state.ejections - 1))
-        state.ejected_until = now + seconds
-        state.consecutive_failures = 0
+        state.ejection.ejections += 1
+        seconds = min(p.max_ejection_s, p.base_ejection_s * 2 ** (state.ejection.ejections - 1))
+        state.ejection.ejected_until = now + seconds
+        state.ejection.consecutive_failures = 0
         self._last_ejected[id(state)] = now
         self.on_eject(state, seconds)
 

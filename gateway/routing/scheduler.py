@@ -172,7 +172,14 @@ class Scheduler:
             return profile.picker.pick(passing, lambda s: fn(s, req, ctx))
         return profile.picker.pick(passing, lambda s: profile.score(s, req, ctx))
 
-    # -- what the request path reports ----------------------------------------------------
+    # -- what the request path and the load probe report ---------------------------------
+    def scraped(self, state: EndpointState) -> None:
+        """The load probe took a fresh sample of `state`. Latency feedback fades (half per
+        scrape) unless completions renew it: an endpoint judged slow gets little traffic, so it
+        must not stay judged slow on old evidence."""
+        calls = state.calls
+        calls.slowdown = 1.0 + (calls.slowdown - 1.0) * 0.5
+
     def predicted_real_seconds(self, state: EndpointState, req: RequestInfo) -> float | None:
         """Predicted completion in seconds: predicted unit-time x the pool's observed seconds per
         unit-time. None until the pool has answered a call (nothing to scale by yet)."""
@@ -188,9 +195,9 @@ class Scheduler:
         m = self.pool_units.get(pool)
         self.pool_units[pool] = req.units if m is None else m + 0.01 * (req.units - m)
         predicted = predicted_seconds(state, req, Context(now, self.max_age_s, self.pool_units[pool]))
-        state.account_busy(now)
-        state.in_flight += 1
-        state.outstanding_units += req.units
+        state.calls.account(now, state.endpoint.slots)
+        state.calls.in_flight += 1
+        state.calls.units += req.units
         return predicted
 
     def finished(
@@ -210,14 +217,14 @@ class Scheduler:
         the slowdown that the metrics do not explain (a GPU whose own work hides another
         tenant's: utilisation is 100% either way). plugins.predicted_seconds divides the rate by
         it outside a +-20% dead band; the probe fades it toward 1 every scrape."""
-        state.account_busy(time.monotonic())
-        state.in_flight -= 1
-        state.outstanding_units = max(0.0, state.outstanding_units - req.units)
+        state.calls.account(time.monotonic(), state.endpoint.slots)
+        state.calls.in_flight -= 1
+        state.calls.units = max(0.0, state.calls.units - req.units)
         if ok and req.units > 0:
             per_unit = seconds / req.units
-            old = state.latency.get(req.model)
+            old = state.calls.latency.get(req.model)
             a = self.latency_alpha
-            state.latency[req.model] = per_unit if old is None else old + a * (per_unit - old)
+            state.calls.latency[req.model] = per_unit if old is None else old + a * (per_unit - old)
             if predicted > 0:
                 r = seconds / predicted
                 pool = state.endpoint.pool
@@ -229,9 +236,9 @@ class Scheduler:
                 ratio = r / base
                 base = self.pool_slowness[pool] = base + (0.05 if 0.8 < ratio < 1.25 else 0.005) * (r - base)
                 ratio = min(20.0, max(0.25, r / base))
-                state.slowdown += a * (ratio - state.slowdown)
+                state.calls.slowdown += a * (ratio - state.calls.slowdown)
         if ok:
-            state.completed += 1
+            state.calls.completed += 1
             self.outliers.success(state)
         elif endpoint_fault:
             self.outliers.failure(state)

@@ -79,6 +79,7 @@ class Gateway:
             max_concurrent=probe_cfg.max_concurrent,
             metric_names=load_metric_names(probe_cfg.metric_names),
             on_scrape=lambda url, ok: self.metrics.scrapes.labels("ok" if ok else "error").inc(),
+            on_sample=self.director.scheduler.scraped,
         )
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
         self.consul: ConsulSource | None = None
@@ -103,7 +104,7 @@ class Gateway:
             seconds,
             ep.pool,
             ep.id,
-            state.status_message,
+            state.health.message,
         )
         self.metrics.ejections.labels(ep.pool, ep.id).inc()
 

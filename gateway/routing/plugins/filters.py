@@ -13,7 +13,7 @@ def f_ready(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
 
 def f_not_ejected(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:
     """Not inside a passive outlier ejection (see outlier.py)."""
-    return state.ejected_until <= ctx.now
+    return state.ejection.ejected_until <= ctx.now
 
 
 def f_region(state: EndpointState, req: RequestInfo, ctx: Context) -> bool:

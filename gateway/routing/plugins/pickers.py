@@ -29,7 +29,7 @@ def _best(states: Sequence[EndpointState], score: Callable[[EndpointState], floa
     best, best_score = None, -1.0
     for s in states:
         v = score(s)
-        s.score = v
+        s.calls.score = v
         if v > best_score:
             best, best_score = s, v
     return best
@@ -65,8 +65,8 @@ class PowerOfTwo(Picker):
         j = self._rng.randrange(n - 1)
         j += j >= i
         a, b = states[i], states[j]
-        a.score, b.score = score(a), score(b)
-        return a if a.score >= b.score else b
+        a.calls.score, b.calls.score = score(a), score(b)
+        return a if a.calls.score >= b.calls.score else b
 
 
 class BestOfK(Picker):

@@ -14,7 +14,7 @@ from .base import Context, RequestInfo
 
 
 def fresh_load(state: EndpointState, ctx: Context) -> LoadSample | None:
-    load = state.load
+    load = state.scrape.load
     if load is None or ctx.now - load.at > ctx.max_age_s:
         return None
     return load
@@ -22,18 +22,18 @@ def fresh_load(state: EndpointState, ctx: Context) -> LoadSample | None:
 
 def s_inflight(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """1 / (1 + a): least requests in flight."""
-    return 1.0 / (1.0 + state.in_flight)
+    return 1.0 / (1.0 + state.calls.in_flight)
 
 
 def s_weighted_inflight(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """Envoy's weighted least request: w = cap / (a + 1), as w / (1 + w) to stay in [0, 1)."""
-    w = state.endpoint.capacity / (state.in_flight + 1.0)
+    w = state.endpoint.capacity / (state.calls.in_flight + 1.0)
     return w / (1.0 + w)
 
 
 def s_outstanding(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """1 / (1 + U / cap): complexity in flight over capacity (counts units, not requests)."""
-    return 1.0 / (1.0 + state.outstanding_units / state.endpoint.capacity)
+    return 1.0 / (1.0 + state.calls.units / state.endpoint.capacity)
 
 
 def s_gpu_headroom(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
@@ -49,7 +49,7 @@ def s_queue(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     load = fresh_load(state, ctx)
     q = load.queue_for(req.model) if load is not None else None
     if q is None:
-        q = max(0, state.in_flight - state.endpoint.slots)
+        q = max(0, state.calls.in_flight - state.endpoint.slots)
     return 1.0 / (1.0 + q)
 
 
@@ -61,7 +61,7 @@ def s_region(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
 def background_util(state: EndpointState, ctx: Context) -> float:
     """x: the share of the GPU taken by work outside the server (another tenant), split from the
     scraped utilisation by probe.split_load; 0 when not fresh."""
-    shared = state.shared
+    shared = state.scrape.shared
     if shared is None or ctx.now - shared.at > ctx.max_age_s:
         return 0.0
     return shared.background
@@ -71,7 +71,7 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     """Predicted completion of this request at e, in units of "one unit on an idle cap-1 GPU".
 
     rate = cap x (1 - x) / d                   (x: background, probe.split_load; d:
-                                                state.slowdown, latency feedback for what the
+                                                state.calls.slowdown, latency feedback for what the
                                                 metrics do not explain; 1 inside the dead band
                                                 0.8..1.25, and 1 while nothing of ours runs
                                                 there: idle, the GPU's utilisation shows its
@@ -99,11 +99,11 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     """
     ep = state.endpoint
     slots = ep.slots
-    a = state.in_flight
-    load = state.load
+    a = state.calls.in_flight
+    load = state.scrape.load
     x = 0.0
     theirs = 0.0  # other callers' requests there, running or queued
-    shared = state.shared
+    shared = state.scrape.shared
     if shared is not None and ctx.now - shared.at <= ctx.max_age_s:
         x = shared.background
         theirs = shared.others
@@ -112,7 +112,7 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     if load is not None and ctx.now - load.at <= ctx.max_age_s:
         mq = load.model_queue
         q = mq.get(req.model, 0.0) if mq else (load.queue or 0.0)
-        others = q - state.queued_at_scrape  # queued there, not by us (other replicas, clients)
+        others = q - state.scrape.queued_at_scrape  # queued there, not by us (other replicas, clients)
         if others > 0:
             theirs += others
     if theirs < 0:
@@ -120,7 +120,7 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     ahead = a + theirs - slots + 1
     if ahead < 0:
         ahead = 0
-    d = state.slowdown
+    d = state.calls.slowdown
     if a == 0 or 0.8 < d < 1.25:  # idle (the metrics speak for it), or within the noise
         d = 1.0
     rate = ep.capacity * (1.0 - x) / d
@@ -128,7 +128,7 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     if ahead <= 0:
         return service
     m = ctx.mean_units or req.units
-    mean_units = (state.outstanding_units + theirs * m) / (a + theirs) if a + theirs > 0 else req.units
+    mean_units = (state.calls.units + theirs * m) / (a + theirs) if a + theirs > 0 else req.units
     return service + ahead * mean_units / (rate * slots)
 
 
@@ -142,7 +142,7 @@ def s_predicted(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
 def s_latency(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """1 / (1 + L / L*): L = EWMA seconds per unit for the model at e, L* = 10 ms per unit.
     Neutral 0.5 before the first sample."""
-    lat = state.latency.get(req.model)
+    lat = state.calls.latency.get(req.model)
     return 0.5 if lat is None else 1.0 / (1.0 + lat / 0.010)
 
 

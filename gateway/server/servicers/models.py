@@ -36,19 +36,19 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
                 backend=s.endpoint.backend,
                 ready=s.ready_for(name, ""),
                 region=s.endpoint.region,
-                in_flight=s.in_flight,
-                status_message=s.status_message,
-                checked_seconds_ago=(now - s.checked_at) if s.checked_at else -1.0,
+                in_flight=s.calls.in_flight,
+                status_message=s.health.message,
+                checked_seconds_ago=(now - s.health.checked_at) if s.health.checked_at else -1.0,
                 capacity=s.endpoint.capacity,
                 slots=s.endpoint.slots,
-                outstanding_units=s.outstanding_units,
-                score=s.score,
-                ejected=s.ejected_until > now,
-                consecutive_failures=s.consecutive_failures,
-                latency_per_unit_seconds=s.latency.get(name, 0.0),
+                outstanding_units=s.calls.units,
+                score=s.calls.score,
+                ejected=s.ejection.ejected_until > now,
+                consecutive_failures=s.ejection.consecutive_failures,
+                latency_per_unit_seconds=s.calls.latency.get(name, 0.0),
                 health_checked=s.health_checked,
             )
-            load = s.load
+            load = s.scrape.load
             if load is not None:
                 ep = pool.endpoints[-1]
                 ep.load.age_seconds = now - load.at
@@ -62,7 +62,7 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
                 ):
                     if value is not None:
                         setattr(ep.load, field, value)
-                shared = s.shared
+                shared = s.scrape.shared
                 if shared is not None:
                     ep.load.others_running = shared.others
                     ep.load.background_load = shared.background
