@@ -11,7 +11,7 @@ UNIMPLEMENTED here.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import grpc
@@ -108,7 +108,9 @@ class AnthropicAdapter(HTTPLLMAdapter):
                 retryable=False,
             ) from None
 
-    async def generate_stream(self, call: GenerateCall, timeout: float | None) -> AsyncIterator[StreamEvent]:
+    async def generate_stream(
+        self, call: GenerateCall, timeout: float | None
+    ) -> AsyncGenerator[StreamEvent, None]:
         usage, finish, model = Usage(), "", call.model
         tools: dict[int, list[str]] = {}
         deltas = 0
@@ -127,13 +129,7 @@ class AnthropicAdapter(HTTPLLMAdapter):
                         model = str(message.get("model") or model)
                         usage = _usage(message.get("usage"))
                     elif kind == "content_block_start":
-                        block = event.get("content_block") or {}
-                        if block.get("type") == "tool_use":
-                            tools[int(event.get("index", 0))] = [
-                                str(block.get("id", "")),
-                                str(block.get("name", "")),
-                                "",
-                            ]
+                        _start_tool(tools, event)
                     elif kind == "content_block_delta":
                         delta = event.get("delta") or {}
                         if delta.get("type") == "text_delta" and delta.get("text"):
@@ -156,24 +152,19 @@ class AnthropicAdapter(HTTPLLMAdapter):
                         return
                     elif kind == "error":
                         err = event.get("error") or {}
-                        raise BackendError(
-                            grpc.StatusCode.UNAVAILABLE,
-                            f"{self._where(call.model)}: stream error {err.get('type')}: {err.get('message')}",
-                            retryable=deltas == 0,
-                            usage=seen_usage(usage, deltas),
-                        )
+                        what = f"stream error {err.get('type')}: {err.get('message')}"
+                        raise self._broken(call, what, usage, deltas)
         except httpx.HTTPError as err:
             raise self._transport_error(err, call.model, seen_usage(usage, deltas)) from None
         except (ValueError, TypeError, AttributeError) as err:
-            raise BackendError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{self._where(call.model)}: malformed stream: {err}",
-                retryable=deltas == 0,
-                usage=seen_usage(usage, deltas),
-            ) from None
-        raise BackendError(
+            raise self._broken(call, f"malformed stream: {err}", usage, deltas) from None
+        raise self._broken(call, "stream ended before message_stop", usage, deltas)
+
+    def _broken(self, call: GenerateCall, what: str, usage: Usage, deltas: int) -> BackendError:
+        """A stream that broke: retryable only before its first delta; usage is what it used."""
+        return BackendError(
             grpc.StatusCode.UNAVAILABLE,
-            f"{self._where(call.model)}: stream ended before message_stop",
+            f"{self._where(call.model)}: {what}",
             retryable=deltas == 0,
             usage=seen_usage(usage, deltas),
         )
@@ -194,3 +185,10 @@ def _usage(doc: Any) -> Usage:
         int(doc.get("output_tokens") or 0),
         int(doc.get("cache_read_input_tokens") or 0),
     )
+
+
+def _start_tool(tools: dict[int, list[str]], event: dict[str, Any]) -> None:
+    """content_block_start: a tool_use block opens (id, name; its JSON input follows in deltas)."""
+    block = event.get("content_block") or {}
+    if block.get("type") == "tool_use":
+        tools[int(event.get("index", 0))] = [str(block.get("id", "")), str(block.get("name", "")), ""]

@@ -70,7 +70,7 @@ class HTTPLLMAdapter:
         key = read_api_key(options)
         if key:
             headers.update(self._auth_headers(key))
-        self._client = httpx.AsyncClient(
+        self._client = Client(
             base_url=self.base_url,
             headers=headers,
             http2=self.base_url.startswith("https"),
@@ -182,6 +182,17 @@ def seen_usage(usage: Usage, deltas: int) -> Usage:
     """Usage of a broken stream: the provider's own count if it sent one (it comes last), else
     the deltas seen, about one token each (an estimate, for accounting what the caller received)."""
     return usage if usage.completion_tokens else usage._replace(completion_tokens=deltas)
+
+
+class Client(httpx.AsyncClient):
+    """httpx raises RuntimeError when a closed client is used. An adapter can be closed while a
+    call or a readiness check races it (an endpoint retired by discovery): that is said as the
+    transport error every HTTP adapter already maps (UNAVAILABLE, retryable)."""
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if self.is_closed:
+            raise httpx.ConnectError("the adapter's connections are closed", request=request)
+        return await super().send(request, **kwargs)
 
 
 def transport_error(where: str, err: httpx.HTTPError, usage: Usage | None = None) -> BackendError:

@@ -20,6 +20,18 @@ from .base import BackendError, InferCall, InferResult, ModelMetadata, TensorSpe
 # Codes that say "this endpoint cannot serve now; another one may".
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 # Backend codes passed to the caller as they are; the rest become INTERNAL.
+# A call that races aclose() (an endpoint retired while a call or a check was under way) meets
+# grpc's UsageError("Channel is closed"): answered like a connection that went away.
+RPC_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError)
+RpcError = grpc.aio.AioRpcError | grpc.aio.UsageError
+
+
+def closed_error(where: str, what: str) -> BackendError:
+    return BackendError(
+        grpc.StatusCode.UNAVAILABLE, f"{where}, {what}: the connection is closed", retryable=True
+    )
+
+
 _PASS_THROUGH = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,10 +98,12 @@ class KServeV2Adapter:
         self._stub = _ServiceStub(self._channel, self.service)
 
     # -- errors ---------------------------------------------------------------------------
-    def _error(self, err: grpc.aio.AioRpcError, model: str) -> BackendError:
-        code = err.code()
+    def _error(self, err: RpcError, model: str) -> BackendError:
         where = f"backend {self.endpoint_id} ({self.kind} at {self.address})"
         what = f"model '{model}'" if model else "server"
+        if not isinstance(err, grpc.aio.AioRpcError):
+            return closed_error(where, what)
+        code = err.code()
         detail = err.details() or code.name
         if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
             code = self._classify_unknown(detail)
@@ -114,14 +128,14 @@ class KServeV2Adapter:
             ) from None
         try:
             resp = await self._stub.ModelInfer(req, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, call.model) from None
         return kserve_wire.result_from_response(resp)
 
     async def server_live(self, timeout: float) -> bool:
         try:
             resp = await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, "") from None
         return bool(resp.live)
 
@@ -130,7 +144,7 @@ class KServeV2Adapter:
             resp = await self._stub.ModelReady(
                 pb.ModelReadyRequest(name=model, version=version), timeout=timeout
             )
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             mapped = self._error(err, model)
             if mapped.code == grpc.StatusCode.NOT_FOUND:
                 return False  # MLServer raises for an unknown model where Triton says False
@@ -142,7 +156,7 @@ class KServeV2Adapter:
             resp = await self._stub.ModelMetadata(
                 pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
             )
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, model) from None
         return ModelMetadata(
             name=resp.name,

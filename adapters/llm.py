@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from .base import NO_PARAMS
@@ -102,6 +102,9 @@ class LLMAdapter(Protocol):
 
     async def generate(self, call: GenerateCall, timeout: float | None) -> GenerateResult: ...
 
-    def generate_stream(self, call: GenerateCall, timeout: float | None) -> AsyncIterator[StreamEvent]: ...
+    def generate_stream(self, call: GenerateCall, timeout: float | None) -> AsyncGenerator[StreamEvent, None]:
+        """Deltas, then one StreamEnd. The caller closes it (aclose) when it stops early: that
+        closes the upstream request."""
+        ...
 
     async def embed(self, call: EmbedCall, timeout: float | None) -> EmbedResult: ...

@@ -7,7 +7,7 @@ mapping and readiness are shared with the other HTTP LLM adapters (http_llm.py).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import grpc
@@ -50,7 +50,9 @@ class OpenAIAdapter(HTTPLLMAdapter):
                 retryable=False,
             ) from None
 
-    async def generate_stream(self, call: GenerateCall, timeout: float | None) -> AsyncIterator[StreamEvent]:
+    async def generate_stream(
+        self, call: GenerateCall, timeout: float | None
+    ) -> AsyncGenerator[StreamEvent, None]:
         body = _chat_body(call, stream=True)
         usage, finish, model = Usage(), "", call.model
         tools: dict[int, list[str]] = {}

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor, TensorSpec
-from .http_llm import transport_error
+from .http_llm import Client, transport_error
 from .tensor_codec import encode_numpy, tensor_to_list
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
@@ -41,7 +41,7 @@ class TFServingAdapter:
         self.endpoint_id = endpoint_id
         self.base_url = (options or {}).get("base_url") or f"http://{address}"
         self.signature_name = (options or {}).get("signature_name") or "serving_default"
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
+        self._client = Client(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
 
     def _where(self, model: str) -> str:
         return f"backend {self.endpoint_id} ({self.kind} at {self.base_url}), model '{model}'"

@@ -31,7 +31,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
-from .kserve_v2 import KServeV2Adapter, channel_options
+from .kserve_v2 import RPC_ERRORS, KServeV2Adapter, RpcError, channel_options, closed_error
 from .tensor_codec import join_bytes_elements, tensor_to_list, tensor_values
 from .torchserve_proto import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
@@ -67,10 +67,12 @@ class TorchServeOIPAdapter(KServeV2Adapter):
     # TorchServe's OIP frontend reads only typed contents: raw_input_contents arrive as empty data.
     raw_inputs: ClassVar[bool] = False
 
-    def _error(self, err: grpc.aio.AioRpcError, model: str) -> BackendError:
-        code, retryable = _classify(err.code(), err.details() or "")
+    def _error(self, err: RpcError, model: str) -> BackendError:
         where = f"backend {self.endpoint_id} ({self.kind} at {self.address})"
         what = f"model '{model}'" if model else "server"
+        if not isinstance(err, grpc.aio.AioRpcError):
+            return closed_error(where, what)
+        code, retryable = _classify(err.code(), err.details() or "")
         detail = (err.details() or err.code().name).split("\n", 1)[0]
         return BackendError(
             code, f"{where}, {what}: {detail}", retryable=retryable, model_error=_model_error(err)
@@ -101,9 +103,11 @@ class TorchServePredictionsAdapter:
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._mgmt = management_pb2_grpc.ManagementAPIsServiceStub(self._mgmt_channel)
 
-    def _error(self, err: grpc.aio.AioRpcError, model: str, where: str | None = None) -> BackendError:
-        code, retryable = _classify(err.code(), err.details() or "")
+    def _error(self, err: RpcError, model: str, where: str | None = None) -> BackendError:
         what = f"model '{model}'" if model else "server"
+        if not isinstance(err, grpc.aio.AioRpcError):
+            return closed_error(f"backend {self.endpoint_id} ({self.kind} at {where or self.address})", what)
+        code, retryable = _classify(err.code(), err.details() or "")
         detail = (err.details() or err.code().name).split("\n", 1)[0]
         return BackendError(
             code,
@@ -124,7 +128,7 @@ class TorchServePredictionsAdapter:
         )
         try:
             resp = await self._stub.Predictions(request, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, call.model) from None
         name = call.outputs[0].name if call.outputs else "prediction"
         output = Tensor(name, "BYTES", (1,), raw=join_bytes_elements([resp.prediction]))
@@ -133,7 +137,7 @@ class TorchServePredictionsAdapter:
     async def server_live(self, timeout: float) -> bool:
         try:
             resp = await self._stub.Ping(empty_pb2.Empty(), timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, "") from None
         try:
             return str(json.loads(resp.health).get("status", "")).lower() == "healthy"
@@ -144,7 +148,7 @@ class TorchServePredictionsAdapter:
         request = management_pb2.DescribeModelRequest(model_name=model, model_version=version)
         try:
             resp = await self._mgmt.DescribeModel(request, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+        except RPC_ERRORS as err:
             raise self._error(err, model, self.management_address) from None
         try:
             described = json.loads(resp.msg)

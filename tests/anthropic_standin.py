@@ -54,6 +54,8 @@ class AnthropicStandIn(OpenAIStandIn):
             return self._error(400, "anthropic-version: header is required", "")
         body: dict[str, Any] = await request.json()
         self.requests.append(body)
+        if str(body.get("model", "")) not in self.model_ids:  # Anthropic: 404 not_found_error
+            return self._error(404, f"model: {body.get('model', '')}", "")
         if "max_tokens" not in body:
             return self._error(400, "max_tokens: Field required", "")
         last = next(

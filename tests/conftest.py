@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.procs import Gateway, MLServer, Triton, pool_config
+from tests.procs import Gateway, MLServer, TorchServe, Triton, pool_config
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,17 @@ def mlserver(servers: dict[str, Triton | MLServer]) -> MLServer:
     m = servers["mlserver"]
     assert isinstance(m, MLServer)
     return m
+
+
+@pytest.fixture(scope="session")
+def torchserve() -> Iterator[TorchServe]:
+    """A real TorchServe on CPU (Predictions and Open Inference Protocol on one port)."""
+    ts = TorchServe().start()
+    try:
+        ts.wait_ready()
+        yield ts
+    finally:
+        ts.stop()
 
 
 MODELS = ["add_sub", "echo_text", "sleep"]

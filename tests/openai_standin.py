@@ -105,6 +105,18 @@ class OpenAIStandIn(ThreadedServer):
                 )
         return None
 
+    def _unknown_model(self, body: dict[str, Any]) -> web.Response | None:
+        """A model the provider does not serve: 404 model_not_found, as OpenAI answers."""
+        model = str(body.get("model", ""))
+        if model in self.model_ids:
+            return None
+        return self._error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+        )
+
     # -- endpoints -------------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
         self.model_list_calls += 1
@@ -129,6 +141,9 @@ class OpenAIStandIn(ThreadedServer):
                 400, "We could not parse the JSON body of your request.", "invalid_request_error"
             )
         self.requests.append(body)
+        unknown = self._unknown_model(body)
+        if unknown is not None:
+            return unknown
         if not body.get("messages"):
             return self._error(400, "'messages' is a required property", "invalid_request_error")
         last = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
@@ -209,6 +224,9 @@ class OpenAIStandIn(ThreadedServer):
             return rejected
         body = await request.json()
         self.requests.append(body)
+        unknown = self._unknown_model(body)
+        if unknown is not None:
+            return unknown
         inputs = body.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]

@@ -8,7 +8,7 @@ separate loops, and they drifted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -58,7 +58,9 @@ class FakeLLM:
             raise self.error
         return GenerateResult(call.model, f"{self.name}: ok", "stop", USAGE)
 
-    async def generate_stream(self, call: GenerateCall, timeout: float | None) -> AsyncIterator[StreamEvent]:
+    async def generate_stream(
+        self, call: GenerateCall, timeout: float | None
+    ) -> AsyncGenerator[StreamEvent, None]:
         self.calls += 1
         await asyncio.sleep(self.delay)
         for i, text in enumerate((f"{self.name}", ": ", "ok")):
@@ -111,6 +113,10 @@ def unavailable(msg: str = "HTTP 503", retry_after: float | None = None) -> Back
     return BackendError(grpc.StatusCode.UNAVAILABLE, msg, retryable=True, retry_after=retry_after)
 
 
+async def _discard(event: StreamEvent, route: Any) -> None:
+    return None
+
+
 class World:
     """Pools `big` (endpoints big-0.., model `big`) and `small` (model `small`); alias `chat`
     falls back from big to small."""
@@ -158,16 +164,16 @@ class World:
         if mode == "unary":
             routed = await self.director.generate(ctx, call)
             return routed.value.text, routed.route
-        text, route = "", None
-        stream = self.director.generate_stream(ctx, call)
-        try:
-            async for event, event_route in stream:
-                route = event_route
-                if isinstance(event, TextDelta):
-                    text += event.text
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        return text, route
+        text = ""
+
+        async def send(event: StreamEvent, route: Any) -> None:
+            nonlocal text
+            if isinstance(event, TextDelta):
+                text += event.text
+
+        routed = await self.director.generate_stream(ctx, call, send)
+        assert routed.value is not None and routed.value.usage == USAGE
+        return text, routed.route
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -293,8 +299,7 @@ async def test_invalid_requests_are_refused_before_any_stage_spends(mode: str) -
         if mode == "unary":
             await w.director.generate(ctx, call)
         else:
-            async for _ in w.director.generate_stream(ctx, call):
-                pass
+            await w.director.generate_stream(ctx, call, _discard)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and caught.value.field == "messages"
     assert w.stage.admitted == [] and w.fakes["big-0"].calls == 0
 

@@ -25,16 +25,6 @@ from tests.procs import Gateway, TorchServe
 MAX = 4 << 20
 
 
-@pytest.fixture(scope="module")
-def torchserve() -> Iterator[TorchServe]:
-    ts = TorchServe().start()
-    try:
-        ts.wait_ready()
-        yield ts
-    finally:
-        ts.stop()
-
-
 def _gateway(ts: TorchServe, protocol: str) -> Gateway:
     ep = {
         "id": f"ts-{protocol}",

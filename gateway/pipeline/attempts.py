@@ -8,15 +8,16 @@ once more on another endpoint (this target's, else the next one's) while `retry_
 on, the pool's retry budget allows and time remains. Every attempt reports to the scheduler
 (units, latency, outlier faults) and to metrics; an UNAVAILABLE endpoint is reported down.
 
-Unary calls and streams run the same loop: a unary call is a stream of one event. The single
-difference between them is stated once, in `_retry`: a stream is never retried after its first
-event, because the caller has already seen part of the answer.
+Unary calls and streams run the same loop, one coroutine: an attempt returns the answer, and a
+stream's attempt also hands each event to the caller as it comes (`CallRecord.delivered` counts
+them). The single difference between them is stated once, in `_retry`: a call is never retried
+once an event has reached the caller, because the caller has already seen part of the answer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
 import grpc
@@ -33,8 +34,9 @@ from ..routing.scheduler import Scheduler
 from .stages import Call
 
 E = TypeVar("E")
-# Opens one attempt: (adapter, seconds left, target) -> the events of the answer.
-Opener = Callable[[Adapter, float, Target], AsyncIterator[E]]
+# One attempt at one endpoint: (adapter, seconds left, target, route) -> the answer. A stream's
+# attempt delivers its events on the way and counts them in ctx.record.delivered.
+Attempt = Callable[[Adapter, float, Target, "Route"], Awaitable[E]]
 
 MAX_ATTEMPTS = 2  # the first try plus one retry on another endpoint
 _OK = grpc.StatusCode.OK
@@ -77,9 +79,9 @@ class Attempts:
         self._retry_unavailable = retry_unavailable
         self._on_endpoint_down = on_endpoint_down
 
-    async def run(self, call: Call, open_: Opener[E]) -> AsyncIterator[tuple[E, Route]]:
-        """The events of `call`'s answer, each with the route that produced it. Raises
-        GatewayError when no target can answer. `call.ctx.record` follows the attempts."""
+    async def run(self, call: Call, attempt: Attempt[E]) -> tuple[E, Route]:
+        """`call`'s answer and the route that produced it. Raises GatewayError when no target
+        can answer. `call.ctx.record` follows the attempts."""
         ctx = call.ctx
         record = ctx.record
         chain, spill = self._policies.chain(call.model, call.version)
@@ -114,21 +116,18 @@ class Attempts:
                 )
                 predicted = self._scheduler.started(state, req)
                 start = time.monotonic()
-                events = 0
                 ok = fault = False
                 try:
-                    async for event in open_(state.adapter, req.timeout_s, target):
-                        events += 1
-                        yield event, route
+                    value = await attempt(state.adapter, req.timeout_s, target, route)
                     ok = True
                 except BackendError as err:
                     fault = _endpoint_fault(err)
                     self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
                     if err.usage is not None:
                         record.usage = err.usage
-                    if err.code == _UNAVAILABLE and not events:
+                    if err.code == _UNAVAILABLE and not record.delivered:
                         self._on_endpoint_down(state, f"call failed: {err.message}")
-                    if not self._retry(err, events, len(tried), ctx.deadline, ep.pool):
+                    if not self._retry(err, record.delivered, len(tried), ctx.deadline, ep.pool):
                         raise GatewayError(err.code, err.message, retry_after=err.retry_after) from None
                     self._metrics.retries.labels(ep.pool).inc()
                     last_error = err
@@ -138,7 +137,7 @@ class Attempts:
                 self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
                 if i > 0 and skipped:
                     self._metrics.spills.labels(ep.pool, "fallback").inc()
-                return
+                return value, route
         raise _no_endpoint(call.model, call.version, first or [], last_error, skipped)
 
     def _choose(
@@ -172,9 +171,9 @@ class Attempts:
                 return None
         return state, req
 
-    def _retry(self, err: BackendError, events: int, tried: int, deadline: float, pool: str) -> bool:
-        """Try `err`'s call again elsewhere? Never once a stream has delivered an event."""
-        if events or not (err.retryable and self._retry_unavailable and tried < MAX_ATTEMPTS):
+    def _retry(self, err: BackendError, delivered: int, tried: int, deadline: float, pool: str) -> bool:
+        """Try `err`'s call again elsewhere? Never once an event has reached the caller."""
+        if delivered or not (err.retryable and self._retry_unavailable and tried < MAX_ATTEMPTS):
             return False
         if deadline <= time.monotonic():
             return False

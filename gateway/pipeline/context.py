@@ -36,13 +36,14 @@ ANONYMOUS = Principal()
 class CallRecord:
     """What a call learned on its way, for the access log and settlement."""
 
-    __slots__ = ("attempts", "endpoint", "model", "pool", "usage")
+    __slots__ = ("attempts", "delivered", "endpoint", "model", "pool", "usage")
 
     def __init__(self) -> None:
         self.model = ""  # the model that answered (an alias's target)
         self.pool = ""
         self.endpoint = ""
         self.attempts = 0
+        self.delivered = 0  # stream events handed to the caller
         self.usage: Usage | None = None
 
 

@@ -10,15 +10,26 @@ Authentication happens before this, in the server interceptor, because it needs 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
 from adapters import Adapter, BackendError, InferCall, InferResult, LLMAdapter, ModelMetadata
-from adapters.llm import EmbedCall, EmbedResult, GenerateCall, GenerateResult, StreamEvent, TextDelta, Usage
+from adapters.llm import (
+    EmbedCall,
+    EmbedResult,
+    GenerateCall,
+    GenerateResult,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 
 from ..config import Config
 from ..endpoints import EndpointState, EndpointTable
@@ -27,7 +38,7 @@ from ..observe.metrics import Metrics
 from ..routing.aliases import Alias, Policies, Target
 from ..routing.outlier import OutlierPolicy, RetryBudget
 from ..routing.scheduler import ProfileSpec, Scheduler
-from .attempts import Attempts, Opener, Route
+from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
 from .stages import Call, Kind, Outcome, Stage, build_stages
 
@@ -88,46 +99,74 @@ class Director:
             on_endpoint_down=on_endpoint_down,
         )
         self.stages = build_stages(config, metrics) if stages is None else stages
+        # How to run each stage, worked out once: (stage, admit, admit is async, settle or None,
+        # settle is async).
+        self._plan = tuple(
+            (
+                stage,
+                stage.admit,
+                inspect.iscoroutinefunction(stage.admit),
+                getattr(stage, "settle", None),
+                inspect.iscoroutinefunction(getattr(stage, "settle", None)),
+            )
+            for stage in self.stages
+        )
 
     # -- the calls ------------------------------------------------------------------------
     async def infer(self, ctx: RequestContext, call: InferCall) -> Routed[InferResult]:
-        def open_(adapter: Adapter, timeout: float, target: Target) -> AsyncIterator[InferResult]:
+        def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
             if (target.model, target.version) != (call.model, call.version):  # an alias's target
                 retargeted = call._replace(model=target.model, version=target.version, wire=None)
-                return _once(adapter.infer(retargeted, timeout))
-            return _once(adapter.infer(call, timeout))
+                return adapter.infer(retargeted, timeout)
+            return adapter.infer(call, timeout)
 
-        return await self._unary(Call(ctx, "infer", call.model, call.version, call), open_)
+        return await self._run(Call(ctx, "infer", call.model, call.version, call), attempt)
 
     async def generate(self, ctx: RequestContext, call: GenerateCall) -> Routed[GenerateResult]:
-        def open_(adapter: Adapter, timeout: float, target: Target) -> AsyncIterator[GenerateResult]:
-            return _once(_llm(adapter, target.model).generate(call._replace(model=target.model), timeout))
+        def attempt(
+            adapter: Adapter, timeout: float, target: Target, route: Route
+        ) -> Awaitable[GenerateResult]:
+            return _llm(adapter, target.model).generate(call._replace(model=target.model), timeout)
 
-        return await self._unary(Call(ctx, "generate", call.model, "", call), open_, _result_usage)
+        return await self._run(Call(ctx, "generate", call.model, "", call), attempt, _result_usage)
 
-    def generate_stream(
-        self, ctx: RequestContext, call: GenerateCall
-    ) -> AsyncIterator[tuple[StreamEvent, Route]]:
-        """Events with their route; close it (aclose) when done. Retried elsewhere only before
-        its first event; a stream that breaks later raises, and settles the usage seen so far."""
+    async def generate_stream(
+        self, ctx: RequestContext, call: GenerateCall, send: Callable[[StreamEvent, Route], Awaitable[None]]
+    ) -> Routed[StreamEnd | None]:
+        """Each event goes to `send` as it comes; returns the end (None if the backend sent
+        none). Retried elsewhere only before its first event reached `send`; a stream that breaks
+        later raises, and settles the usage seen so far. If the caller goes away, `send` raises
+        (CancelledError) and the upstream stream is closed at once."""
+        record = ctx.record
 
-        def open_(adapter: Adapter, timeout: float, target: Target) -> AsyncIterator[StreamEvent]:
-            return _llm(adapter, target.model).generate_stream(call._replace(model=target.model), timeout)
+        async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> StreamEnd | None:
+            events = _llm(adapter, target.model).generate_stream(call._replace(model=target.model), timeout)
+            end: StreamEnd | None = None
+            async with contextlib.aclosing(events):  # closes the upstream request on any exit
+                async for event in events:
+                    record.delivered += 1
+                    if not isinstance(event, TextDelta):
+                        end = event
+                        record.usage = event.usage
+                    await send(event, route)
+            return end
 
-        return self._run(Call(ctx, "generate", call.model, "", call, stream=True), open_, _event_usage)
+        return await self._run(Call(ctx, "generate", call.model, "", call, stream=True), attempt)
 
     async def embed(self, ctx: RequestContext, call: EmbedCall) -> Routed[EmbedResult]:
-        def open_(adapter: Adapter, timeout: float, target: Target) -> AsyncIterator[EmbedResult]:
-            return _once(_llm(adapter, target.model).embed(call._replace(model=target.model), timeout))
+        def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[EmbedResult]:
+            return _llm(adapter, target.model).embed(call._replace(model=target.model), timeout)
 
-        return await self._unary(Call(ctx, "embed", call.model, "", call), open_, _result_usage)
+        return await self._run(Call(ctx, "embed", call.model, "", call), attempt, _result_usage)
 
     async def model_metadata(self, ctx: RequestContext, model: str, version: str) -> Routed[ModelMetadata]:
-        def open_(adapter: Adapter, timeout: float, target: Target) -> AsyncIterator[ModelMetadata]:
-            return _once(adapter.model_metadata(target.model, target.version, timeout))
+        def attempt(
+            adapter: Adapter, timeout: float, target: Target, route: Route
+        ) -> Awaitable[ModelMetadata]:
+            return adapter.model_metadata(target.model, target.version, timeout)
 
         kind: Kind = "metadata"
-        return await self._unary(Call(ctx, kind, model, version, None), open_)
+        return await self._run(Call(ctx, kind, model, version, None), attempt)
 
     def model_ready(self, model: str, version: str) -> bool:
         try:
@@ -141,65 +180,45 @@ class Director:
         return self._table.models()
 
     # -- the pipeline ---------------------------------------------------------------------
-    async def _unary(
-        self, call: Call, open_: Opener[T], usage_of: Callable[[T], Usage | None] | None = None
-    ) -> Routed[T]:
-        routed: Routed[T] | None = None
-        async for value, route in self._run(call, open_, usage_of):
-            routed = Routed(value, route)
-        if routed is None:  # the attempt loop yields or raises; this is a bug
-            raise GatewayError(grpc.StatusCode.INTERNAL, "no answer from the attempt loop")
-        return routed
-
     async def _run(
-        self, call: Call, open_: Opener[E], usage_of: Callable[[E], Usage | None] | None
-    ) -> AsyncIterator[tuple[E, Route]]:
-        """Admit through every stage, run the attempt loop, settle every admitted stage."""
+        self, call: Call, attempt: Attempt[T], usage_of: Callable[[T], Usage | None] | None = None
+    ) -> Routed[T]:
+        """Admit through every stage in order, run the attempt loop, settle every admitted stage
+        in reverse, however the call ended (answered, refused, failed, cancelled, broken)."""
         start = time.monotonic()
         record = call.ctx.record
-        admitted: list[tuple[Stage, Any]] = []
+        to_settle: list[tuple[Stage, Any, bool, Any]] = []  # (stage, settle, is async, ticket)
         code = grpc.StatusCode.CANCELLED  # until the call ends another way
-        events = 0
         try:
-            for stage in self.stages:
-                admitted.append((stage, await stage.admit(call)))
-            async for event, route in self.attempts.run(call, open_):
-                events += 1
-                if usage_of is not None:
-                    usage = usage_of(event)
-                    if usage is not None:
-                        record.usage = usage
-                yield event, route
+            for stage, admit, admit_async, settle, settle_async in self._plan:
+                ticket = admit(call)
+                if admit_async:
+                    ticket = await ticket
+                if settle is not None:
+                    to_settle.append((stage, settle, settle_async, ticket))
+            value, route = await self.attempts.run(call, attempt)
+            if usage_of is not None:
+                record.usage = usage_of(value)
             code = _OK
+            return Routed(value, route)
         except GatewayError as err:
             code = err.code
             raise
         finally:
-            if admitted:
-                await self._settle(
-                    call, admitted, Outcome(code, record.usage, time.monotonic() - start, events)
-                )
-
-    async def _settle(self, call: Call, admitted: list[tuple[Stage, Any]], outcome: Outcome) -> None:
-        for stage, ticket in reversed(admitted):
-            try:
-                await stage.settle(call, ticket, outcome)
-            except Exception:  # one stage's bug must not skip the others' settlement
-                self._metrics.background_error(f"settle:{stage.name}")
-                log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
-
-
-async def _once(answer: Awaitable[T]) -> AsyncIterator[T]:
-    """A unary answer as a stream of one event (the attempt loop serves both)."""
-    yield await answer
+            if to_settle:
+                outcome = Outcome(code, record.usage, time.monotonic() - start, record.delivered)
+                for stage, settle, settle_async, ticket in reversed(to_settle):
+                    try:
+                        done = settle(call, ticket, outcome)
+                        if settle_async:
+                            await done
+                    except Exception:  # one stage's bug must not skip the others' settlement
+                        self._metrics.background_error(f"settle:{stage.name}")
+                        log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
 
 
 def _result_usage(result: GenerateResult | EmbedResult) -> Usage | None:
     return result.usage
-
-
-def _event_usage(event: StreamEvent) -> Usage | None:
-    return None if isinstance(event, TextDelta) else event.usage
 
 
 def _llm(adapter: Adapter, model: str) -> LLMAdapter:

@@ -35,7 +35,7 @@ from ..observe.metrics import Metrics
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage, build_stages
 from .background import supervise
-from .interceptors import PipelineInterceptor
+from .interceptors import FrontDoor
 from .servicers.inference import InferenceServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelsServicer
@@ -144,13 +144,16 @@ class Gateway:
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
             kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         )
-        server = grpc.aio.server(
-            interceptors=[PipelineInterceptor(cfg, self.metrics, frozenset(ours))], options=options
+        server = grpc.aio.server(options=options)
+        door = FrontDoor(cfg, self.metrics)  # every call of ours goes through it; health does not
+        door.register(
+            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.director), server
         )
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.director), server)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.director), server)
-        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.director, self.any_ready), server
+        door.register(models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.director), server)
+        door.register(
+            kserve_grpc.add_GRPCInferenceServiceServicer_to_server,
+            KServeServicer(self.director, self.any_ready),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*ours, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, tensor_pb2
 
 from adapters import InferCall, InferResult, RequestedOutput, Tensor
 from adapters.kserve_wire import count_contents, params_from_pb, raw_into_contents
-from adapters.llm import TextDelta
+from adapters.llm import StreamEvent, TextDelta
 
 from ...pipeline.attempts import Route
 from ...pipeline.director import Director
@@ -106,18 +105,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             route=route_pb(routed.route),
         )
 
-    async def GenerateStream(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        """Deltas as they come, then one end. If the caller cancels, grpc cancels this task and the
-        adapter's stream is closed, which closes the upstream HTTP request."""
-        stream = self._director.generate_stream(request_context(request.routing), generate_call(request))
-        try:
-            async for event, route in stream:
-                if isinstance(event, TextDelta):
-                    yield generate_pb2.GenerateStreamResponse(delta=event.text)
-                else:
-                    yield end_pb(event, route)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+    async def GenerateStream(self, request: Any, context: Context) -> None:  # type: ignore[override]
+        """Deltas as they come, then one end, written as the backend sends them (grpc.aio takes a
+        coroutine that writes with context.write; the generated stub types only the iterator
+        style). If the caller cancels, grpc cancels this task: the write raises, and the
+        upstream request is closed."""
+
+        async def send(event: StreamEvent, route: Route) -> None:
+            if isinstance(event, TextDelta):
+                await context.write(generate_pb2.GenerateStreamResponse(delta=event.text))
+            else:
+                await context.write(end_pb(event, route))
+
+        await self._director.generate_stream(request_context(request.routing), generate_call(request), send)
 
     async def Embed(self, request: Any, context: Context) -> Any:
         routed = await self._director.embed(request_context(request.routing), embed_call(request))
