@@ -60,7 +60,9 @@ class FrontDoor:
         self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
     ) -> None:
         """`add_XServicer_to_server(servicer, server)` (generated code), every method wrapped."""
-        add_to_server(servicer, _Registrar(server, self))
+        registrar = _Registrar(server, self)
+        add_to_server(servicer, registrar)
+        registrar.close()
 
     def wrap(self, method: str, handler: Any) -> Any:
         """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door."""
@@ -158,19 +160,31 @@ async def _abort(context: Context, ctx: RequestContext, err: GatewayError) -> No
 
 
 class _Registrar:
-    """Stands in for the server while generated code registers a servicer: each method handler
-    is wrapped on its way in (the registered-method table and the generic handler alike)."""
+    """Stands in for the server while generated code registers a servicer. The generated code
+    hands over the same method handlers twice: as a generic handler, then as a dict
+    (add_registered_method_handlers, a no-op in grpc.aio 1.81); the dict is wrapped and
+    registered as grpc's own generic handler, the plain one dropped."""
 
     def __init__(self, server: grpc.aio.Server, door: FrontDoor) -> None:
         self._server = server
         self._door = door
+        self._generic: list[Generic] = []
+
+    def add_generic_rpc_handlers(self, handlers: tuple[Generic, ...]) -> None:
+        self._generic.extend(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         wrapped = {method: self._door.wrap(method, h) for method, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
+        self._generic.clear()
 
-    def add_generic_rpc_handlers(self, handlers: tuple[Generic, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._door) for h in handlers))
+    def close(self) -> None:
+        """Generated code that registered no dict: wrap its generic handlers by lookup."""
+        if self._generic:
+            self._server.add_generic_rpc_handlers(
+                tuple(_WrappedGeneric(h, self._door) for h in self._generic)
+            )
 
 
 class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
