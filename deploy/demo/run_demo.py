@@ -122,7 +122,7 @@ def main() -> int:
             if time.monotonic() > deadline:
                 print("make run: the gateway did not become ready within 120 s", file=sys.stderr)
                 return 1
-            time.sleep(0.3)
+            time.sleep(1.0)  # each check is a ListModels call: one access-log line
         mg = os.path.relpath(BIN / "meshgate", Path.cwd())
         print(
             f"""
