@@ -45,7 +45,6 @@ from .stages import Call, Kind, Outcome, Stage, build_stages
 log = logging.getLogger("meshgate.director")
 
 T = TypeVar("T")
-E = TypeVar("E")
 _OK = grpc.StatusCode.OK
 
 
