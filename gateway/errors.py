@@ -6,7 +6,7 @@ GatewayError                 a call fails with `code`; `message` is shown to the
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -56,9 +56,13 @@ def invalid(field: str, message: str) -> GatewayError:
     )
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], err: GatewayError) -> NoReturn:
-    await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]  # missing in grpc-stubs
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], err: GatewayError, metadata: tuple[tuple[str, str], ...] = ()
+) -> NoReturn:
+    """End the call with `err`'s status and details; `metadata` joins its trailing metadata."""
+    status = err.to_status()
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *metadata))
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 __all__ = ["GatewayError", "abort", "code_pb2", "invalid"]

@@ -40,7 +40,7 @@ from ..routing.outlier import OutlierPolicy, RetryBudget
 from ..routing.scheduler import ProfileSpec, Scheduler
 from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
-from .stages import Call, Kind, Outcome, Stage, build_stages
+from .stages import Call, Outcome, Stage, build_stages
 
 log = logging.getLogger("meshgate.director")
 
@@ -164,8 +164,7 @@ class Director:
         ) -> Awaitable[ModelMetadata]:
             return adapter.model_metadata(target.model, target.version, timeout)
 
-        kind: Kind = "metadata"
-        return await self._run(Call(ctx, kind, model, version, None), attempt)
+        return await self._run(Call(ctx, "metadata", model, version, None), attempt)
 
     def model_ready(self, model: str, version: str) -> bool:
         try:

@@ -33,7 +33,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from ..config import ServerConfig
-from ..errors import GatewayError
+from ..errors import GatewayError, abort
 from ..observe.metrics import Metrics
 from ..pipeline.context import ANONYMOUS, CallRecord, RequestContext, bind, unbind
 
@@ -112,7 +112,7 @@ class FrontDoor:
                 return response
             except GatewayError as err:
                 code = err.code
-                await _abort(context, ctx, err)
+                await abort(context, err, ((_REQUEST_ID, ctx.request_id),))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -122,7 +122,7 @@ class FrontDoor:
             except Exception:  # a bug: log it once, answer without its text
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed (request %s)", method, ctx.request_id)
-                await _abort(context, ctx, _internal(ctx))
+                await abort(context, _internal(ctx), ((_REQUEST_ID, ctx.request_id),))
             finally:
                 unbind(token)
                 self._done(ctx, code, start)
@@ -153,12 +153,6 @@ def _internal(ctx: RequestContext) -> GatewayError:
     return GatewayError(grpc.StatusCode.INTERNAL, f"internal error in the gateway (request {ctx.request_id})")
 
 
-async def _abort(context: Context, ctx: RequestContext, err: GatewayError) -> None:
-    status = err.to_status()
-    metadata = (*status.trailing_metadata, (_REQUEST_ID, ctx.request_id))
-    await context.abort(status.code, status.details, metadata)
-
-
 class _Registrar:
     """Stands in for the server while generated code registers a servicer. The generated code
     hands over the same method handlers twice: as a generic handler, then as a dict
@@ -180,25 +174,9 @@ class _Registrar:
         self._generic.clear()
 
     def close(self) -> None:
-        """Generated code that registered no dict: wrap its generic handlers by lookup."""
+        """Generated code that registered no method dict cannot be wrapped: say so at start-up
+        rather than serve its calls past the front door."""
         if self._generic:
-            self._server.add_generic_rpc_handlers(
-                tuple(_WrappedGeneric(h, self._door) for h in self._generic)
+            raise TypeError(
+                "a servicer registered only generic handlers; regenerate it with grpcio-tools >= 1.62"
             )
-
-
-class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """The generic (by-name) lookup path, wrapped once per method and cached."""
-
-    def __init__(self, inner: Generic, door: FrontDoor) -> None:
-        self._inner = inner
-        self._door = door
-        self._cache: dict[str, Handler | None] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
-        path = handler_call_details.method
-        if path not in self._cache:
-            handler = self._inner.service(handler_call_details)
-            method = path.rpartition("/")[2]
-            self._cache[path] = None if handler is None else self._door.wrap(method, handler)
-        return self._cache[path]
