@@ -11,12 +11,14 @@ Error tree::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import grpc
+
+from .scrub import clean_message
 
 ParamValue = bool | int | str | float
 # Shared immutable default for parameter maps.
@@ -156,7 +158,9 @@ class ModelMetadata:
 
 
 class BackendError(Exception):
-    """A backend call failed. `message` names the endpoint and model; never a credential.
+    """A backend call failed. `message` names the endpoint and model; never a credential: it
+    is cleaned on the way in (scrub.clean_message: secrets masked, no traceback or server paths,
+    bounded), so every adapter's errors are safe to show the caller.
 
     `retry_after` is the provider's own hint in seconds (HTTP Retry-After), `usage` what a
     stream consumed before it broke (an adapters.llm.Usage), for accounting. `model_error`:
@@ -174,6 +178,7 @@ class BackendError(Exception):
         usage: Any = None,
         model_error: bool = False,
     ) -> None:
+        message = clean_message(message)
         super().__init__(message)
         self.model_error = model_error
         self.code = code
@@ -210,4 +215,31 @@ class Adapter(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; the adapter is not used afterwards."""
+        ...
+
+
+# -- optional side interfaces: behaviour only some backends have ---------------------------------
+
+
+@runtime_checkable
+class ModelConfigs(Protocol):
+    """A backend that keeps a Triton-style model configuration (Triton; KServe servers that
+    implement ModelConfig). Others are described from their metadata by the KServe door."""
+
+    async def model_config(self, model: str, version: str, timeout: float | None) -> bytes:
+        """The model's configuration, a serialized `inference.ModelConfig` (Triton's
+        model_config.proto), passed through untouched. Raises BackendError (UNIMPLEMENTED where
+        the server has no such call)."""
+        ...
+
+
+@runtime_checkable
+class InferStreams(Protocol):
+    """A backend that streams the responses of one inference (Triton's ModelStreamInfer: a
+    decoupled model sends zero or more responses per request). Others answer a stream with
+    their one unary response."""
+
+    def infer_stream(self, call: InferCall, timeout: float | None) -> AsyncGenerator[InferResult, None]:
+        """Every response to `call`, as the backend sends them; ends after the last. Closing the
+        iterator early cancels the backend call. Raises BackendError."""
         ...

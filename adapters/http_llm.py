@@ -2,8 +2,8 @@
 
 One httpx.AsyncClient per endpoint (connection pooling; HTTP/2 for https). The API key comes
 from the environment variable or file the endpoint names (`api_key_env`, `api_key_file`), never
-from the config itself, and never appears in a message: provider error texts are scrubbed of
-key-like strings. Both providers put the error text at `error.message` in the body.
+from the config itself, and never appears in a message: the key is registered with adapters.scrub,
+which masks it (and any piece of 8+ characters) in every BackendError and log line. Both providers put the error text at `error.message` in the body.
 
 Provider errors -> gRPC codes: 400 INVALID_ARGUMENT, 401 FAILED_PRECONDITION (the gateway's key
 is wrong: not the caller's fault), 403 PERMISSION_DENIED, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,8 +24,8 @@ import httpx
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata
 from .llm import Usage
+from .scrub import register_secret
 
-_KEYLIKE = re.compile(r"\b(sk|key|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.FAILED_PRECONDITION,
@@ -39,11 +38,14 @@ _STATUS = {
 
 
 def read_api_key(options: Mapping[str, str]) -> str | None:
+    """The endpoint's key, registered with the scrubber: it is masked wherever it shows up."""
+    key = None
     if options.get("api_key_file"):
-        return Path(options["api_key_file"]).read_text().strip() or None
-    if options.get("api_key_env"):
-        return os.environ.get(options["api_key_env"]) or None
-    return None
+        key = Path(options["api_key_file"]).read_text().strip() or None
+    elif options.get("api_key_env"):
+        key = os.environ.get(options["api_key_env"]) or None
+    register_secret(key)
+    return key
 
 
 class HTTPLLMAdapter:
@@ -89,7 +91,7 @@ class HTTPLLMAdapter:
             text = detail.get("message") if isinstance(detail, dict) else str(detail)
         except (ValueError, AttributeError):
             text = body[:200]
-        text = _KEYLIKE.sub(r"\1-***", str(text or f"HTTP {status}"))
+        text = str(text or f"HTTP {status}")  # BackendError masks secrets by value
         code = _STATUS.get(status, grpc.StatusCode.UNAVAILABLE if status >= 500 else grpc.StatusCode.INTERNAL)
         retry_after = _retry_after(headers.get("retry-after"))
         return BackendError(

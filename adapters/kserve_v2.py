@@ -60,7 +60,7 @@ def channel_options(max_message_bytes: int) -> Sequence[tuple[str, Any]]:
 
 
 class _ServiceStub:
-    """The four KServe v2 methods the gateway calls, bound to `service` on `channel`."""
+    """The KServe v2 methods the gateway calls, bound to `service` on `channel`."""
 
     def __init__(self, channel: grpc.aio.Channel, service: str) -> None:
         def method(name: str, request: Any, response: Any) -> Any:
@@ -74,6 +74,12 @@ class _ServiceStub:
         self.ModelReady = method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
         self.ModelMetadata = method("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
         self.ModelInfer = method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+        self.ModelConfig = method("ModelConfig", pb.ModelConfigRequest, pb.ModelConfigResponse)
+        self.ModelStreamInfer = channel.stream_stream(
+            f"/{service}/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
 
 
 class KServeV2Adapter:
@@ -165,6 +171,17 @@ class KServeV2Adapter:
             inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in resp.inputs),
             outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in resp.outputs),
         )
+
+    async def model_config(self, model: str, version: str, timeout: float | None) -> bytes:
+        """Triton's ModelConfig extension; servers without it answer UNIMPLEMENTED."""
+        try:
+            resp = await self._stub.ModelConfig(
+                pb.ModelConfigRequest(name=model, version=version), timeout=timeout
+            )
+        except RPC_ERRORS as err:
+            raise self._error(err, model) from None
+        config: bytes = resp.config.SerializeToString()
+        return config
 
     async def aclose(self) -> None:
         await self._channel.close(None)

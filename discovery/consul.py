@@ -162,6 +162,30 @@ class SourceStats:
         self.last_ok = 0.0  # time.monotonic() of the last good answer; 0 = never
         self.errors: Counter[str] = Counter()
         self.invalid: Counter[str] = Counter()
+        self._ok_at: dict[str, float] = {}  # watcher -> its last good answer
+        self._failing: set[str] = set()  # watchers whose last query failed
+
+    def ok(self, watcher: str) -> None:
+        self.last_ok = self._ok_at[watcher] = time.monotonic()
+        self._failing.discard(watcher)
+
+    def failed(self, watcher: str) -> None:
+        self._failing.add(watcher)
+
+    def gone(self, watcher: str) -> None:
+        self._failing.discard(watcher)
+        self._ok_at.pop(watcher, None)
+
+    def data_age(self, now: float) -> float:
+        """Seconds since the data was last known current: 0 while every watcher's last query
+        succeeded (a blocking query that is simply waiting is not staleness: Consul answers it
+        at the first change), else the age of the oldest failing watcher's last good answer;
+        inf before the first answer."""
+        if not self.last_ok:
+            return float("inf")
+        if not self._failing:
+            return 0.0
+        return max(now - self._ok_at.get(w, self.last_ok) for w in self._failing)
 
 
 # What a watcher survives: the network, Consul's errors (5xx, 403, 400), bodies that are not JSON.
@@ -223,6 +247,10 @@ class ConsulSource:
                     )
                     names = {str(n) for n, tags in services.items() if self.config.tag in (tags or [])}
                 except _ERRORS as err:
+                    # Forget the index after any error: a restarted agent's index may have gone
+                    # backwards, and a stale one would hold the query for the whole wait (as
+                    # Consul's own watch package does: reset, then resync at once).
+                    index = 0
                     failures = await self._failed("catalog", err, failures)
                     continue
                 failures = self._recovered("catalog", failures)
@@ -233,6 +261,7 @@ class ConsulSource:
                 for name in sorted(watchers.keys() - names):
                     log.info("consul: pool %s is gone from the catalog", name)
                     watchers.pop(name).cancel()
+                    self.stats.gone(f"service {name}")
                     queue.put_nowait(PoolSnapshot(self.name, name, ()))
         finally:
             for task in watchers.values():
@@ -257,6 +286,7 @@ class ConsulSource:
                 if not isinstance(entries, list):
                     raise ValueError(f"expected a list of entries, got {type(entries).__name__}")
             except _ERRORS as err:
+                index = 0  # as in the catalog watcher: resync from scratch after an error
                 failures = await self._failed(f"service {name}", err, failures)
                 continue
             failures = self._recovered(f"service {name}", failures)
@@ -286,6 +316,7 @@ class ConsulSource:
         """Count, log (first failure, a new kind of failure, then every 20th), back off with jitter."""
         kind = type(err).__name__
         self.stats.errors[kind] += 1
+        self.stats.failed(what)
         failures += 1
         text = f"{kind}: {str(err)[:200] or kind}"
         if failures == 1 or failures % 20 == 0 or self._last_error.get(what) != text:
@@ -302,7 +333,7 @@ class ConsulSource:
         return failures
 
     def _recovered(self, what: str, failures: int) -> int:
-        self.stats.last_ok = time.monotonic()
+        self.stats.ok(what)
         self._last_error.pop(what, None)
         if failures:
             log.info("consul: %s query works again after %d failure(s)", what, failures)

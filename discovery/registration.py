@@ -42,7 +42,9 @@ class RegisterConfig(BaseModel):
     refresh_s: float = Field(default=30.0, gt=0)
 
 
-_ERRORS = (aiohttp.ClientError, TimeoutError, consul.ConsulException, ValueError)
+# What registration survives: the network, Consul's errors (5xx, 403), bodies that are not JSON
+# or not the shape the API documents (ValueError covers json.JSONDecodeError).
+_ERRORS = (aiohttp.ClientError, TimeoutError, consul.ConsulException, ValueError, TypeError, KeyError)
 
 
 class ConsulRegistrar:
@@ -89,6 +91,15 @@ class ConsulRegistrar:
         while True:
             try:
                 services = await self._client.agent.services() if self.registered else {}
+                if not isinstance(services, dict):
+                    # py-consul answers None for a 404 (an agent without the endpoint, a proxy in
+                    # between) or an empty body: we cannot tell, so register again.
+                    log.warning(
+                        "consul: GET /v1/agent/services gave no service map (%s); registering %s again",
+                        type(services).__name__,
+                        self.service_id,
+                    )
+                    services = {}
                 if self.service_id not in services:
                     await self.register()
                 delay = self.config.refresh_s

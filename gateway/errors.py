@@ -2,15 +2,43 @@
 
 GatewayError                 a call fails with `code`; `message` is shown to the caller
   field violations           INVALID_ARGUMENT carries google.rpc.BadRequest naming each field
+
+Everything a caller sent and the gateway echoes (a model name, a field's value) goes through
+`clip`, and every message is bounded (`MAX_MESSAGE`): gRPC refuses trailing metadata over 16 KiB
+(grpc-message and grpc-status-details-bin count together), so a 9,000-character model name echoed
+whole turned NOT_FOUND into "Stream removed (received metadata size exceeds hard limit)".
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+MAX_MESSAGE = 1024  # characters of a status message (and of a field violation's description)
+MAX_ECHO = 80  # characters of a caller's string echoed in a message
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters, with an ellipsis saying it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def echo(value: str, limit: int = MAX_ECHO) -> str:
+    """A caller's string quoted for a message (repr), cut to `limit` characters."""
+    return repr(clip(value, limit))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a known name is close to `name`, else ''."""
+    if len(name) > MAX_ECHO:
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class GatewayError(Exception):
@@ -23,11 +51,12 @@ class GatewayError(Exception):
         description: str = "",
         retry_after: float | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE)
         super().__init__(message)
         self.code = code
         self.message = message
-        self.field = field
-        self.description = description or message
+        self.field = clip(field, MAX_ECHO * 2)
+        self.description = clip(description, MAX_MESSAGE) if description else message
         self.retry_after = retry_after
 
     def to_status(self) -> grpc.Status:
@@ -65,4 +94,4 @@ async def abort(
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-__all__ = ["GatewayError", "abort", "code_pb2", "invalid"]
+__all__ = ["MAX_MESSAGE", "GatewayError", "abort", "clip", "code_pb2", "did_you_mean", "echo", "invalid"]

@@ -8,6 +8,9 @@ Models:
   echo_text  TEXT BYTES [-1]           -> TEXT upper-cased
   sleep      MS INT64 [1]              -> MS, after sleeping that many milliseconds (one instance:
              concurrent calls queue in Triton; pytriton races when several instances start)
+  countdown  N INT64 [1]               -> COUNT INT64 [1]: decoupled, N responses (N, N-1 ... 1),
+             for ModelStreamInfer (what token-streaming models such as TensorRT-LLM do)
+  fail       X FP32 [-1]               -> always raises (how a model's Python error reaches callers)
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ def sleep(requests):
     return out
 
 
+def countdown(requests):
+    n = int(requests[0]["N"][0])
+    for i in range(n, 0, -1):
+        time.sleep(0.002)
+        yield [{"COUNT": np.array([i], dtype=np.int64)}]
+
+
+def fail(requests):
+    raise ValueError("fail: this model always fails")
+
+
 MODELS = {
     "add_sub": dict(
         infer_func=add_sub,
@@ -68,6 +82,17 @@ MODELS = {
         infer_func=sleep,
         inputs=[Tensor(name="MS", dtype=np.int64, shape=(1,))],
         outputs=[Tensor(name="MS", dtype=np.int64, shape=(1,))],
+    ),
+    "countdown": dict(
+        infer_func=countdown,
+        inputs=[Tensor(name="N", dtype=np.int64, shape=(1,))],
+        outputs=[Tensor(name="COUNT", dtype=np.int64, shape=(1,))],
+        decoupled=True,
+    ),
+    "fail": dict(
+        infer_func=fail,
+        inputs=[Tensor(name="X", dtype=np.float32, shape=(-1,))],
+        outputs=[Tensor(name="X", dtype=np.float32, shape=(-1,))],
     ),
 }
 
@@ -100,7 +125,9 @@ def main() -> int:
         ) as triton,
     ):
         for name in args.models.split(","):
-            triton.bind(model_name=name, config=ModelConfig(batching=False), strict=False, **MODELS[name])
+            spec = dict(MODELS[name])
+            config = ModelConfig(batching=False, decoupled=bool(spec.pop("decoupled", False)))
+            triton.bind(model_name=name, config=config, strict=False, **spec)
         triton.run()
         print(
             f"triton: serving {args.models} on grpc 127.0.0.1:{args.grpc_port}, "

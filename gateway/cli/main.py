@@ -18,7 +18,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from adapters.scrub import ScrubFilter
+
 from ..config import ConfigError, load_config
+from ..server import ports
 
 DEFAULT_TARGET = "127.0.0.1:8700"
 
@@ -105,6 +108,8 @@ def _serve(path: str | None, workers: int) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:  # configured secrets never reach a log line
+        handler.addFilter(ScrubFilter(skip=("meshgate.access",)))
     # httpx logs every request at INFO: one line per LLM call and readiness probe is noise.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     if workers > 1:
@@ -133,9 +138,14 @@ def _serve_workers(path: str | None, workers: int) -> int:
     Worker i > 0 serves metrics on the metrics port + i (port 0 stays 0).
     """
     config, _ = load_config(path)
+    try:  # only our own workers may share the port: refuse an address another process holds
+        ports.ensure_free(config.server.listen)
+    except OSError as err:
+        print(f"meshgate: {err}", file=sys.stderr)
+        return 1
     procs = []
     for i in range(workers):
-        env = dict(os.environ)
+        env = dict(os.environ, **{ports.WORKER_ENV: "1"})
         if i and config.metrics.listen:
             host, _, port = config.metrics.listen.rpartition(":")
             env["MESHGATE_METRICS_LISTEN"] = f"{host}:{int(port) + i if int(port) else 0}"

@@ -12,7 +12,7 @@ import grpc
 from adapters import REGISTRY, Adapter
 from discovery import Endpoint, PoolSnapshot
 
-from ..errors import GatewayError
+from ..errors import GatewayError, did_you_mean, echo
 from .state import EndpointState
 
 log = logging.getLogger("meshgate.endpoints")
@@ -149,7 +149,7 @@ class EndpointTable:
         if not states:
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND,
-                f"model: {model!r} is not served by any pool",
+                f"model: {echo(model)} is not served by any pool{did_you_mean(model, self._by_model)}",
                 field="model",
             )
         if version:
@@ -158,7 +158,7 @@ class EndpointTable:
                 known = sorted({r.version for s in states for r in s.endpoint.models if r.name == model})
                 raise GatewayError(
                     grpc.StatusCode.NOT_FOUND,
-                    f"model_version: model {model!r} version {version!r} is not served by any pool"
+                    f"model_version: model {echo(model)} version {echo(version)} is not served by any pool"
                     f" (served versions: {', '.join(known)})",
                     field="model_version",
                 )

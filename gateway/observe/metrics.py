@@ -24,6 +24,7 @@ from adapters.llm import Usage
 from discovery.consul import SourceStats
 
 from ..endpoints import EndpointState
+from .model_stats import ModelStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -51,6 +52,8 @@ class Metrics:
         self.backend_seconds: dict[tuple[str], _Histogram] = {}
         self.token_counts: dict[tuple[str, str], int] = {}
         self.background_errors: dict[tuple[str], int] = {}
+        self.undecodable: dict[tuple[str], int] = {}
+        self.models = ModelStats()  # per-model counts in Triton's shape (KServe ModelStatistics)
         self.retries = Counter(
             "meshgate_retries_total",
             "Calls retried on another endpoint, by pool.",
@@ -112,6 +115,10 @@ class Metrics:
         ):
             if n:
                 self.token_counts[(pool, kind)] = self.token_counts.get((pool, kind), 0) + n
+
+    def undecodable_request(self, method: str) -> None:
+        """A request body that did not parse as the method's message (INVALID_ARGUMENT)."""
+        self.undecodable[(method,)] = self.undecodable.get((method,), 0) + 1
 
     def background_error(self, loop: str) -> None:
         """A background loop (or a stage's settle) failed unexpectedly and was restarted."""
@@ -181,6 +188,13 @@ class _CallCollector(Collector):
             "Backend call latency as seen by the gateway, by pool.",
             ["pool"],
             m.backend_seconds,
+        )
+        yield _counter_family(
+            "meshgate_undecodable_requests",
+            "Requests whose body did not parse as the method's message (answered INVALID_ARGUMENT),"
+            " by RPC method.",
+            ["method"],
+            m.undecodable,
         )
         yield _counter_family(
             "meshgate_background_errors",
@@ -281,15 +295,15 @@ class _DiscoveryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         age = GaugeMetricFamily(
             "meshgate_discovery_data_age_seconds",
-            "Seconds since the source last answered; its last known endpoints stay in force meanwhile.",
+            "Seconds since the source's data was last known current (0 while its queries succeed, a"
+            " blocking query that waits included); its last known endpoints stay in force meanwhile.",
             labels=["source"],
         )
         errors: dict[tuple[str, str], int] = {}
         invalid = dict(self._table_invalid)
         now = time.monotonic()
         for name, stats in self._sources:
-            last = stats.last_ok
-            age.add_metric([name], now - last if last else float("inf"))
+            age.add_metric([name], stats.data_age(now))
             for kind, n in list(stats.errors.items()):
                 errors[(name, kind)] = n
             for reason, n in list(stats.invalid.items()):

@@ -25,7 +25,7 @@ import grpc
 from adapters import Adapter, BackendError
 
 from ..endpoints import EndpointState, EndpointTable
-from ..errors import GatewayError
+from ..errors import GatewayError, echo
 from ..observe.metrics import Metrics
 from ..routing.aliases import Policies, Target
 from ..routing.outlier import RetryBudget
@@ -216,15 +216,15 @@ def _no_endpoint(
     if not candidates:  # every target of the alias's chain is unknown
         return GatewayError(
             grpc.StatusCode.NOT_FOUND,
-            f"model: no target of alias {model!r} is served by any pool ({'; '.join(skipped)})",
+            f"model: no target of alias {echo(model)} is served by any pool ({'; '.join(skipped)})",
             field="model",
         )
     if len(skipped) > 1:
         return GatewayError(
-            grpc.StatusCode.UNAVAILABLE, f"no target of {model!r} can serve now ({'; '.join(skipped)})"
+            grpc.StatusCode.UNAVAILABLE, f"no target of {echo(model)} can serve now ({'; '.join(skipped)})"
         )
     pools = sorted({s.endpoint.pool for s in candidates})
-    what = f"model {model!r}" + (f" version {version!r}" if version else "")
+    what = f"model {echo(model)}" + (f" version {echo(version)}" if version else "")
     reasons = "; ".join(f"{s.endpoint.id}: {s.health.message}" for s in candidates[:5])
     return GatewayError(
         grpc.StatusCode.UNAVAILABLE,

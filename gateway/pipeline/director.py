@@ -19,7 +19,16 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
-from adapters import Adapter, BackendError, InferCall, InferResult, LLMAdapter, ModelMetadata
+from adapters import (
+    Adapter,
+    BackendError,
+    InferCall,
+    InferResult,
+    InferStreams,
+    LLMAdapter,
+    ModelConfigs,
+    ModelMetadata,
+)
 from adapters.llm import (
     EmbedCall,
     EmbedResult,
@@ -33,7 +42,7 @@ from adapters.llm import (
 
 from ..config import Config
 from ..endpoints import EndpointState, EndpointTable
-from ..errors import GatewayError
+from ..errors import GatewayError, echo
 from ..observe.metrics import Metrics
 from ..routing.aliases import Alias, Policies, Target
 from ..routing.outlier import OutlierPolicy, RetryBudget
@@ -114,12 +123,51 @@ class Director:
     # -- the calls ------------------------------------------------------------------------
     async def infer(self, ctx: RequestContext, call: InferCall) -> Routed[InferResult]:
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
-            if (target.model, target.version) != (call.model, call.version):  # an alias's target
-                retargeted = call._replace(model=target.model, version=target.version, wire=None)
-                return adapter.infer(retargeted, timeout)
-            return adapter.infer(call, timeout)
+            return adapter.infer(_retarget(call, target), timeout)
 
         return await self._run(Call(ctx, "infer", call.model, call.version, call), attempt)
+
+    async def infer_stream(
+        self, ctx: RequestContext, call: InferCall, send: Callable[[InferResult, Route], Awaitable[None]]
+    ) -> None:
+        """Each response to `call` goes to `send` as it comes: all of a streaming backend's
+        (a decoupled model may send any number), a unary backend's one. Retried elsewhere only
+        before the first response reached `send`, as for every stream."""
+        record = ctx.record
+
+        async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
+            retargeted = _retarget(call, target)
+            if isinstance(adapter, InferStreams):
+                results = adapter.infer_stream(retargeted, timeout)
+                async with contextlib.aclosing(results):
+                    async for result in results:
+                        record.delivered += 1
+                        await send(result, route)
+            else:
+                result = await adapter.infer(retargeted, timeout)
+                record.delivered += 1
+                await send(result, route)
+
+        await self._run(Call(ctx, "infer", call.model, call.version, call, stream=True), attempt)
+
+    async def model_config(
+        self, ctx: RequestContext, model: str, version: str
+    ) -> Routed[bytes | ModelMetadata]:
+        """A ready endpoint's configuration of `model`: the backend's own (a serialized
+        inference.ModelConfig) where it keeps one, else its metadata to describe it from."""
+
+        async def attempt(
+            adapter: Adapter, timeout: float, target: Target, route: Route
+        ) -> bytes | ModelMetadata:
+            if isinstance(adapter, ModelConfigs):
+                try:
+                    return await adapter.model_config(target.model, target.version, timeout)
+                except BackendError as err:
+                    if err.code != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+            return await adapter.model_metadata(target.model, target.version, timeout)
+
+        return await self._run(Call(ctx, "metadata", model, version, None), attempt)
 
     async def generate(self, ctx: RequestContext, call: GenerateCall) -> Routed[GenerateResult]:
         def attempt(
@@ -215,6 +263,13 @@ class Director:
                         log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
 
 
+def _retarget(call: InferCall, target: Target) -> InferCall:
+    """`call` for an alias's target (the caller's wire message names another model)."""
+    if (target.model, target.version) != (call.model, call.version):
+        return call._replace(model=target.model, version=target.version, wire=None)
+    return call
+
+
 def _result_usage(result: GenerateResult | EmbedResult) -> Usage | None:
     return result.usage
 
@@ -223,7 +278,7 @@ def _llm(adapter: Adapter, model: str) -> LLMAdapter:
     if not isinstance(adapter, LLMAdapter):
         raise BackendError(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"model {model!r} is served by a tensor backend: use Infer, not Generate/Embed",
+            f"model {echo(model)} is served by a tensor backend: use Infer, not Generate/Embed",
             retryable=False,
         )
     return adapter

@@ -31,6 +31,7 @@ from adapters.llm import EmbedCall, GenerateCall, Usage
 from ..config import Config
 from ..errors import GatewayError
 from ..observe.metrics import Metrics
+from ..observe.model_stats import ModelStats
 from .context import RequestContext
 from .validation import validate_embed, validate_generate, validate_infer
 
@@ -159,7 +160,33 @@ class UsageStage:
             self._metrics.tokens(call.ctx.record.pool, outcome.usage)
 
 
+class ModelStatsStage:
+    """Per-model counts for KServe's ModelStatistics (observe/model_stats.py): inferences that
+    reached a backend, by the model and version the caller asked for."""
+
+    name = "model_stats"
+
+    def __init__(self, stats: ModelStats) -> None:
+        self._stats = stats
+
+    def admit(self, call: Call) -> None:
+        return None
+
+    def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
+        attempts = call.ctx.record.attempts
+        if call.kind == "infer" and attempts:
+            ok = outcome.code == grpc.StatusCode.OK
+            items = int(call.estimate.size) or 1
+            self._stats.record(call.model, call.version, ok, outcome.seconds, items, attempts)
+
+
 def build_stages(config: Config, metrics: Metrics, extra: tuple[Stage, ...] = ()) -> tuple[Stage, ...]:
     """The stage order, defined here only. `extra` (tests; later identity, limits, budgets and
     cache, each in its place) runs after the complexity estimate, so it can read it."""
-    return (ValidationStage(config), ComplexityStage(config), *extra, UsageStage(metrics))
+    return (
+        ValidationStage(config),
+        ComplexityStage(config),
+        *extra,
+        UsageStage(metrics),
+        ModelStatsStage(metrics.models),
+    )

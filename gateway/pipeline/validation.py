@@ -11,7 +11,7 @@ from adapters.kserve_wire import CONTENTS_FIELD
 from adapters.llm import EmbedCall, GenerateCall
 
 from ..config import LimitsConfig
-from ..errors import invalid
+from ..errors import echo, invalid
 
 
 def validate_infer(call: InferCall, limits: LimitsConfig) -> None:
@@ -29,7 +29,7 @@ def validate_infer(call: InferCall, limits: LimitsConfig) -> None:
         if not t.name:
             raise invalid(f"{where}.name", "required")
         if t.name in seen:
-            raise invalid(f"{where}.name", f"duplicate input name {t.name!r}")
+            raise invalid(f"{where}.name", f"duplicate input name {echo(t.name)}")
         seen.add(t.name)
         total += _validate_tensor(where, t, limits)
         if total > limits.max_request_bytes:

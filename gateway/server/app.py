@@ -16,7 +16,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from meshgate.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from tritonclient.grpc import service_pb2 as kserve_pb
@@ -34,6 +35,7 @@ from ..load import LoadProbe, load_metric_names
 from ..observe.metrics import Metrics
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage, build_stages
+from . import ports
 from .background import supervise
 from .interceptors import FrontDoor
 from .servicers.inference import InferenceServicer
@@ -137,7 +139,8 @@ class Gateway:
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 1),
+            # Only `serve --workers`' own processes share the port (ports.py says why).
+            ("grpc.so_reuseport", 1 if ports.is_worker() else 0),
         ]
         ours = (
             inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
@@ -145,24 +148,29 @@ class Gateway:
             kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         )
         server = grpc.aio.server(options=options)
-        door = FrontDoor(cfg, self.metrics)  # every call of ours goes through it; health does not
+        door = FrontDoor(cfg, self.metrics)  # every call of ours goes through it; health gets the body guard
         door.register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.director), server
         )
         door.register(models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.director), server)
         door.register(
             kserve_grpc.add_GRPCInferenceServiceServicer_to_server,
-            KServeServicer(self.director, self.any_ready),
+            KServeServicer(self.director, self.any_ready, self.metrics.models, cfg.default_timeout_s),
             server,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*ours, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        door.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, server, front_door=False)
+        door.register(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            ReflectionServicer((*ours, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            server,
+            front_door=False,
+        )
         try:
             self.port = server.add_insecure_port(cfg.listen)
-        except RuntimeError as err:  # grpc raises RuntimeError("Failed to bind ...")
-            raise OSError(f"cannot listen on {cfg.listen}: {err}") from None
+        except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") and says no more
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.listen}")
+            raise OSError(ports.bind_problem(cfg.listen) or f"cannot listen on {cfg.listen}")
         await self.health.set("", NOT_SERVING)
         self._health_state[""] = False
         for source in self.sources:
@@ -170,10 +178,16 @@ class Gateway:
         self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
         self._background("load_probe", self.probe.run)
         if self.config.metrics.listen:
-            host, _, port = self.config.metrics.listen.rpartition(":")
-            self._http, _thread = start_http_server(
-                int(port), host.strip("[]"), registry=self.metrics.registry
-            )
+            listen = self.config.metrics.listen
+            host, port = ports.split_hostport(listen)
+            try:
+                self._http, _thread = start_http_server(port, host, registry=self.metrics.registry)
+            except OSError as err:
+                problem = ports.bind_problem(listen) or f"cannot listen on {listen}: {err.strerror or err}"
+                raise OSError(
+                    f"metrics: {problem}; set metrics.listen (MESHGATE_METRICS_LISTEN) to another"
+                    " address, or null to turn metrics off"
+                ) from None
             self.metrics_port = self._http.server_port
         await server.start()
         self._server = server
@@ -230,7 +244,10 @@ async def serve(config: Config, config_name: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
     host = config.server.listen.rpartition(":")[0]
-    metrics = f", metrics on http://{host}:{gateway.metrics_port}/metrics" if gateway.metrics_port else ""
+    metrics = ""
+    if gateway.metrics_port and config.metrics.listen:
+        mhost = config.metrics.listen.rpartition(":")[0]
+        metrics = f", metrics on http://{mhost}:{gateway.metrics_port}/metrics"
     print(f"meshgate: serving on {host}:{gateway.port} (config: {config_name}){metrics}", flush=True)
     await stop.wait()
     log.info("shutting down: draining in-flight calls (grace %.1fs)", config.server.shutdown_grace_s)

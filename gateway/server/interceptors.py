@@ -8,8 +8,13 @@ trailing metadata, counts the call (meshgate_requests_total, meshgate_request_du
 and writes one access-log line (logger `meshgate.access`, logfmt; `server.access_log`).
 
 A bug (any other exception) is logged once with its traceback and answered INTERNAL with the
-request id, never with the exception's text. Health and reflection pass through untouched: a
-mesh probes health every second, and those calls are not traffic.
+request id, never with the exception's text. Health and reflection get only the body guard
+below: a mesh probes health every second, and those calls are not traffic.
+
+A request body that does not parse as the method's message is the caller's mistake, not ours:
+grpc would log the DecodeError with a traceback and answer UNKNOWN, so every method's deserializer
+is wrapped (`_decoder`) to hand the handler an `Undecodable` instead, answered INVALID_ARGUMENT,
+counted in meshgate_undecodable_requests_total{method} and logged at most once per 10 s per method.
 
 It wraps each method's handler once, when the servicers are registered (`register`), instead of
 sitting in grpc.aio's per-call interceptor pipeline, which builds HandlerCallDetails and awaits a
@@ -35,6 +40,7 @@ import grpc
 from ..config import ServerConfig
 from ..errors import GatewayError, abort
 from ..observe.metrics import Metrics
+from ..observe.ratelog import RateLimitedLog
 from ..pipeline.context import ANONYMOUS, CallRecord, RequestContext, bind, unbind
 
 log = logging.getLogger("meshgate.server")
@@ -46,6 +52,36 @@ Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 _OK = grpc.StatusCode.OK
 _REQUEST_ID = "x-request-id"
 _MAX_ID = 128  # a caller's request id longer than this is replaced, not echoed
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Undecodable:
+    """What a method's handler receives instead of a request body that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as err:  # noqa: BLE001 - any parse failure is the body's fault, not ours
+            return Undecodable(err)
+
+    return decode
+
+
+def _message_name(handler: Any) -> str:
+    """The request message's full name, from the generated deserializer (`X.FromString`)."""
+    owner = getattr(handler.request_deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request message"))
 
 
 class FrontDoor:
@@ -55,26 +91,103 @@ class FrontDoor:
         self._access_log = config.access_log
         self._prefix = secrets.token_hex(4)  # request ids: unique per process, then a counter
         self._counter = itertools.count(1)
+        self._junk_log = RateLimitedLog(log)
 
     def register(
-        self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+        self,
+        add_to_server: Callable[[Any, Any], None],
+        servicer: Any,
+        server: grpc.aio.Server,
+        *,
+        front_door: bool = True,
     ) -> None:
-        """`add_XServicer_to_server(servicer, server)` (generated code), every method wrapped."""
-        registrar = _Registrar(server, self)
+        """`add_XServicer_to_server(servicer, server)` (generated code), every method wrapped:
+        with the whole front door, or (`front_door=False`: health, reflection) the body guard only."""
+        registrar = _Registrar(server, self.wrap if front_door else self.guard)
         add_to_server(servicer, registrar)
         registrar.close()
 
     def wrap(self, method: str, handler: Any) -> Any:
         """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door."""
+        message = _message_name(handler)
+        handler = handler._replace(request_deserializer=_decoder(handler.request_deserializer))
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
-        if handler.unary_stream is not None:
-            if inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary))
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            inner = handler.unary_stream or handler.stream_stream
+            if inspect.isasyncgenfunction(inner):
                 raise TypeError(f"{method}: stream handlers write with context.write, they do not yield")
-            return handler._replace(unary_stream=self._unary(method, handler.unary_stream))
-        # Client-streaming methods (KServe's ModelStreamInfer) are not served yet: the generated
-        # base class answers UNIMPLEMENTED, which needs no front door.
+            if handler.unary_stream is not None:
+                return handler._replace(unary_stream=self._unary(method, message, inner))
+
+            # Bidirectional (KServe's ModelStreamInfer): an undecodable body in the stream ends
+            # it with INVALID_ARGUMENT, raised where the handler reads it.
+            async def checked(requests: Any) -> Any:
+                async for request in requests:
+                    if type(request) is Undecodable:
+                        raise self.undecodable(method, message, request)
+                    yield request
+
+            def bidi(requests: Any, context: Context) -> Awaitable[Any]:
+                result: Awaitable[Any] = inner(checked(requests), context)
+                return result
+
+            return handler._replace(stream_stream=self._unary(method, message, bidi))
+        raise TypeError(f"{method}: client-streaming methods are not served")
+
+    def guard(self, method: str, handler: Any) -> Any:
+        """`handler` with only the body guard: an undecodable body is INVALID_ARGUMENT."""
+        message = _message_name(handler)
+        handler = handler._replace(request_deserializer=_decoder(handler.request_deserializer))
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._guarded(method, message, handler.unary_unary))
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_stream=self._guarded(method, message, handler.unary_stream))
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Context) -> Any:
+                if type(request) is Undecodable:
+                    await self._refuse(method, message, request, context)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return handler._replace(unary_stream=unary_stream)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def checked(requests: Any, context: Context) -> Any:
+                async for request in requests:
+                    if type(request) is Undecodable:
+                        await self._refuse(method, message, request, context)
+                    yield request
+
+            async def stream_stream(requests: Any, context: Context) -> Any:
+                async for item in inner_ss(checked(requests, context), context):
+                    yield item
+
+            return handler._replace(stream_stream=stream_stream)
         return handler
+
+    def _guarded(self, method: str, message: str, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+        """A coroutine handler (unary, or a stream that writes with context.write) behind the body guard."""
+
+        async def handle(request: Any, context: Context) -> Any:
+            if type(request) is Undecodable:
+                await self._refuse(method, message, request, context)
+            return await inner(request, context)
+
+        return handle
+
+    def undecodable(self, method: str, message: str, body: Undecodable) -> GatewayError:
+        """The caller's error for an unparsable body: counted, logged at most every 10 s per method."""
+        self._metrics.undecodable_request(method)
+        text = str(body.error).split("\n", 1)[0][:200]
+        self._junk_log.warning(method, "%s: request body did not parse (%s)", method, text)
+        return GatewayError(_INVALID, f"request body is not a valid {message}: {text}")
+
+    async def _refuse(self, method: str, message: str, body: Undecodable, context: Context) -> None:
+        await abort(context, self.undecodable(method, message, body))
 
     def _context(self, method: str, context: Context, start: float) -> RequestContext:
         request_id = traceparent = priority = ""
@@ -99,13 +212,15 @@ class FrontDoor:
             priority,
         )
 
-    def _unary(self, method: str, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+    def _unary(self, method: str, message: str, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
         async def handle(request: Any, context: Context) -> Any:
             start = time.monotonic()
             ctx = self._context(method, context, start)
             token = bind(ctx)
             code = grpc.StatusCode.UNKNOWN
             try:
+                if type(request) is Undecodable:
+                    raise self.undecodable(method, message, request)
                 response = await inner(request, context)
                 code = _OK
                 context.set_trailing_metadata(((_REQUEST_ID, ctx.request_id),))
@@ -159,16 +274,16 @@ class _Registrar:
     (add_registered_method_handlers, a no-op in grpc.aio 1.81); the dict is wrapped and
     registered as grpc's own generic handler, the plain one dropped."""
 
-    def __init__(self, server: grpc.aio.Server, door: FrontDoor) -> None:
+    def __init__(self, server: grpc.aio.Server, wrap: Callable[[str, Any], Any]) -> None:
         self._server = server
-        self._door = door
+        self._wrap = wrap
         self._generic: list[Generic] = []
 
     def add_generic_rpc_handlers(self, handlers: tuple[Generic, ...]) -> None:
         self._generic.extend(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
-        wrapped = {method: self._door.wrap(method, h) for method, h in handlers.items()}
+        wrapped = {method: self._wrap(method, h) for method, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
         self._generic.clear()

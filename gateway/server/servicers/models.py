@@ -9,7 +9,7 @@ import grpc
 from meshgate.v1 import models_pb2, models_pb2_grpc
 
 from ...endpoints import EndpointState
-from ...errors import GatewayError
+from ...errors import GatewayError, did_you_mean, echo
 from ...pipeline.director import Director
 from .common import Context
 
@@ -83,9 +83,13 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def GetModel(self, request: Any, context: Context) -> Any:
         if not request.name:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
-        states = self._director.models().get(request.name)
+        models = self._director.models()
+        states = models.get(request.name)
         if not states:
+            hint = did_you_mean(request.name, models)
             raise GatewayError(
-                grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is not served by any pool", field="name"
+                grpc.StatusCode.NOT_FOUND,
+                f"name: model {echo(request.name)} is not served by any pool{hint}",
+                field="name",
             )
         return models_pb2.GetModelResponse(model=_model_pb(request.name, states))
