@@ -113,6 +113,14 @@ def make_client(config: ConsulConfig, timeout_s: float) -> consul.aio.Consul:
         connections_timeout=timeout_s,
     )
     client.token = resolve_token(config)  # py-consul lets $CONSUL_HTTP_TOKEN override token=
+    # aiohttp resends an idempotent request once, silently, when a kept-alive connection drops.
+    # For a blocking query that hides an agent restart: the resent query carries the old index
+    # to an agent whose index may have gone backwards, and is held for the whole wait (24.6 s at
+    # wait_s 20 when measured). Without the resend the watcher sees the error and resets its
+    # index, as Consul's own watch package does. (aiohttp's test client turns it off the same way.)
+    session = getattr(client.http, "_session", None)
+    if session is not None and hasattr(session, "_retry_connection"):
+        session._retry_connection = False
     return client
 
 

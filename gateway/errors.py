@@ -56,6 +56,8 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
         self.field = clip(field, MAX_ECHO * 2)
+        if not description and field and message.startswith(f"{field}: "):
+            description = message[len(field) + 2 :]  # the message says the field already
         self.description = clip(description, MAX_MESSAGE) if description else message
         self.retry_after = retry_after
 

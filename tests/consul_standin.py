@@ -23,8 +23,11 @@ critical longer than DeregisterCriticalServiceAfter is reaped. With an ACL token
 without it get 403 "Permission denied".
 
 Failure modes for tests: `stop()` / `start()` (an outage: the port refuses connections, state is
-kept as a real cluster keeps it), `fail_next(status, n)` (5xx answers), `malformed = True` (200
-with a body that is not JSON).
+kept as a real cluster keeps it), `restart(index)` (an agent that comes back with a lower raft
+index, as after a restore or a fresh single-server cluster), `fail_next(status, n)` (5xx
+answers), `malformed = True` (200 with a body that is not JSON), `not_found` (paths answered
+404 "404 page not found", as an agent without that endpoint or a proxy in front answers),
+`empty` (paths answered 200 with an empty body).
 
 Runs in its own thread with its own event loop; the public methods are thread-safe.
 """
@@ -161,6 +164,9 @@ class ConsulStandIn:
         self.min_deregister_s = min_deregister_s
         self.reap_interval_s = reap_interval_s
         self.malformed = False
+        self._open: set[Any] = set()  # transports of requests being handled (blocked queries)
+        self.not_found: set[str] = set()
+        self.empty: set[str] = set()
         self.requests = 0
         self._fail: tuple[int, int] = (0, 0)  # (status, remaining)
         self._index = 10
@@ -219,6 +225,9 @@ class ConsulStandIn:
         """An outage: close the port and every open connection; state is kept."""
 
         async def _stop() -> None:
+            for transport in list(self._open):  # a dead agent drops its blocked queries too
+                transport.close()
+            self._open.clear()
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
@@ -240,6 +249,19 @@ class ConsulStandIn:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+    def restart(self, index: int) -> None:
+        """Go away, then come back with every index at `index` (lower than before): services
+        and checks are kept, as a restored snapshot keeps them."""
+        self.stop()
+
+        async def _reset() -> None:
+            self._index = index
+            self._catalog_index = index
+            self._service_index = dict.fromkeys(self._service_index, index)
+
+        self._call(_reset())
+        self.start()
 
     def fail_next(self, status: int = 500, n: int = 1_000_000) -> None:
         """Answer the next n requests with `status` (n large = until cleared with n=0)."""
@@ -270,6 +292,10 @@ class ConsulStandIn:
         if left > 0:
             self._fail = (status, left - 1)
             return web.Response(status=status, text="rpc error making call: No cluster leader")
+        if request.path in self.not_found:
+            return web.Response(status=404, text="404 page not found")
+        if request.path in self.empty:
+            return web.Response(status=200, body=b"", content_type="application/json")
         if self.acl_token is not None:
             auth = request.headers.get("Authorization", "")
             token = (
@@ -279,10 +305,15 @@ class ConsulStandIn:
             )
             if token != self.acl_token:
                 return web.Response(status=403, text="Permission denied")
+        transport = request.transport
+        if transport is not None:
+            self._open.add(transport)
         try:
             resp = await handler(request)
         except BadRequest as err:
             return web.Response(status=400, text=str(err))
+        finally:
+            self._open.discard(transport)
         if self.malformed and resp.content_type == "application/json":
             return web.Response(
                 status=200,

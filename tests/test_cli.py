@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -11,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tests.helpers import add_sub_request, infer
+from tests.helpers import add_sub_request, infer, metric_value
 from tests.procs import ROOT, Gateway, Triton, pool_config, wait_until
 
 
@@ -61,7 +63,8 @@ def test_infer_prints_outputs_and_route(gateway: Gateway) -> None:
         "INPUT1:FP32:4=10,20,30,40",
     )
     assert out.returncode == 0, out.stderr
-    assert "add_sub v1 via tritons/triton-" in out.stdout
+    assert "add_sub v1 answered by tritons/triton-" in out.stdout
+    assert f"via meshgate at {gateway.address}" in out.stdout
     assert "OUTPUT0 FP32 [4]: [11. 22. 33. 44.]" in out.stdout
     assert "OUTPUT1 FP32 [4]: [ -9. -18. -27. -36.]" in out.stdout
 
@@ -125,12 +128,32 @@ def test_infer_bytes(gateway: Gateway) -> None:
     assert json.loads(out.stdout)["outputs"][0]["data"] == ["MESH", "GATE"]
 
 
-def test_server_errors_are_printed_with_the_field(gateway: Gateway) -> None:
-    out = meshgate("infer", "--target", gateway.address, "--model", "add_sub", "--input", "INPUT0:FP32:3=1,2")
+def test_server_errors_are_printed_once_with_the_field(gateway: Gateway) -> None:
+    out = meshgate(
+        "infer",
+        "--target",
+        gateway.address,
+        "--model",
+        "add_sub",
+        "--input",
+        "X:FP32:1=1",
+        "--input",
+        "X:FP32:1=2",
+    )
     assert out.returncode == 1
-    assert "error: INVALID_ARGUMENT: inputs[0].raw: shape [3] of FP32 needs 12 bytes, got 8" in out.stderr
-    assert "field inputs[0].raw:" in out.stderr
+    assert "error: INVALID_ARGUMENT: inputs[1].name: duplicate input name 'X'" in out.stderr
+    assert out.stderr.count("duplicate input name") == 1, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_mistyped_model_gets_a_suggestion_once(gateway: Gateway) -> None:
+    out = meshgate("infer", "--target", gateway.address, "--model", "add_subb", "--input", "INPUT0:FP32:1=1")
+    assert out.returncode == 1
+    assert (
+        "error: NOT_FOUND: model: 'add_subb' is not served by any pool (did you mean 'add_sub'?)"
+        in out.stderr
+    )
+    assert out.stderr.count("add_subb") == 1, out.stderr
 
 
 def test_bad_input_spec_is_a_usage_error() -> None:
@@ -139,6 +162,8 @@ def test_bad_input_spec_is_a_usage_error() -> None:
         ("INPUT0:FP99:2=1,2", "unknown datatype FP99"),
         ("INPUT0:FP32=1,2", "a SHAPE is needed with inline values"),
         ("INPUT0:FP32:2=1,x", "'x' is not a number"),
+        ("INPUT0:FP32:4=1,2", "shape 4 holds 4 value(s), got 2"),
+        ("INPUT0:FP32:2x3=1,2", "shape 2x3 holds 6 value(s), got 2"),
     ]:
         out = meshgate("infer", "--model", "m", "--input", spec)
         assert out.returncode == 2, spec
@@ -180,3 +205,58 @@ def test_workers_share_one_port(triton_a: Triton) -> None:
         assert min(served) > 0, served
     finally:
         gw.stop()
+
+
+def test_another_process_cannot_take_the_port(triton_a: Triton) -> None:
+    """Only `serve --workers`' own processes share a port: a second, unrelated meshgate on the
+    same address fails naming the holder, with or without --workers, and takes no connection."""
+    first = Gateway(pool_config({"p": [("triton-a", triton_a.address, ["add_sub"])]})).start()
+    try:
+        first.wait_serving("p")
+        for extra in ([], ["--workers", "2"]):
+            second = subprocess.run(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(first.config_path), *extra],
+                cwd=str(ROOT),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert second.returncode == 1, (extra, second.stderr)
+            assert (
+                f"cannot listen on {first.address}: address in use, held by pid {first.proc.pid}"
+                in second.stderr
+            ), (
+                extra,
+                second.stderr,
+            )
+            assert "Traceback" not in second.stderr
+        for _ in range(10):  # every fresh connection still lands on the first gateway
+            with grpc.insecure_channel(first.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                infer(ch, add_sub_request([1], [1]))
+        assert metric_value(first.metrics_text(), "meshgate_requests_total", method="Infer", code="OK") == 10
+    finally:
+        first.stop()
+
+
+def test_a_taken_metrics_port_is_named(triton_a: Triton) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        gw = Gateway(
+            pool_config(
+                {"p": [("triton-a", triton_a.address, ["add_sub"])]}, metrics={"listen": f"127.0.0.1:{port}"}
+            )
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert (
+        f"metrics: cannot listen on 127.0.0.1:{port}: address in use, held by pid {os.getpid()}" in out.stderr
+    )
+    assert "Traceback" not in out.stderr

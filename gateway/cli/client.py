@@ -50,6 +50,10 @@ def parse_input(spec: str) -> Any:
             )
         shape = _shape(parts[2], spec)
         items = [v.strip() for v in body.split(",")] if body else []
+        expected = int(np.prod(shape)) if all(d >= 0 for d in shape) else len(items)
+        if len(items) != expected:
+            dims = "x".join(map(str, shape))
+            raise UsageError(f"--input {spec!r}: shape {dims} holds {expected} value(s), got {len(items)}")
         values = items if dtype == "BYTES" else np.array([_number(v, spec) for v in items])
     raw = encode_numpy(values, dtype)
     return tensor_pb2.Tensor(name=name, datatype=f"DATA_TYPE_{dtype}", shape=shape, raw=raw)
@@ -94,8 +98,9 @@ def _fail(err: grpc.RpcError) -> int:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            for v in bad.field_violations:
-                print(f"  field {v.field}: {v.description}", file=sys.stderr)
+            for v in bad.field_violations:  # only what the message above did not already say
+                if v.description not in call.details():
+                    print(f"  field {v.field}: {v.description}", file=sys.stderr)
     return 1
 
 
@@ -215,7 +220,7 @@ def infer(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
         return 0
     version = f" v{resp.model_version}" if resp.model_version else ""
-    print(f"{resp.model}{version} via {route.pool}/{route.endpoint} ({route.backend}, {target})")
+    print(f"{resp.model}{version} answered by {route.pool}/{route.endpoint} ({route.backend}) via meshgate at {target}")
     if route.skipped:
         print(f"  passed over: {', '.join(route.skipped)}")
     for t, v in zip(resp.outputs, outputs.values(), strict=True):
