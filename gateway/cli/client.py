@@ -220,7 +220,9 @@ def infer(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
         return 0
     version = f" v{resp.model_version}" if resp.model_version else ""
-    print(f"{resp.model}{version} answered by {route.pool}/{route.endpoint} ({route.backend}) via meshgate at {target}")
+    print(
+        f"{resp.model}{version} answered by {route.pool}/{route.endpoint} ({route.backend}) via meshgate at {target}"
+    )
     if route.skipped:
         print(f"  passed over: {', '.join(route.skipped)}")
     for t, v in zip(resp.outputs, outputs.values(), strict=True):
