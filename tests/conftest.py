@@ -13,7 +13,12 @@ from tests.procs import Gateway, MLServer, TorchServe, Triton, pool_config
 @pytest.fixture(scope="session")
 def servers() -> Iterator[dict[str, Triton | MLServer]]:
     """Two Tritons (a, b) and one MLServer, started side by side."""
-    procs: dict[str, Triton | MLServer] = {"a": Triton(), "b": Triton(), "mlserver": MLServer()}
+    # Triton a also serves a decoupled model (countdown) and one that always raises (fail).
+    procs: dict[str, Triton | MLServer] = {
+        "a": Triton(models=(*MODELS, "countdown", "fail")),
+        "b": Triton(),
+        "mlserver": MLServer(),
+    }
     try:
         for p in procs.values():
             p.start()

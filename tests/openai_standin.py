@@ -35,6 +35,9 @@ class OpenAIStandIn(ThreadedServer):
         self.token_interval_s = 0.0
         self.first_token_delay_s = 0.0
         self.break_after: int | None = None
+        # 401s echo the key given in odd shapes too (after Bearer, without its first characters,
+        # cut in two), as some OpenAI-compatible servers and proxies do.
+        self.echo_key_oddly = False
         self.requests: list[dict[str, Any]] = []
         self.model_list_calls = 0  # GET /v1/models: what the gateway's readiness probe costs
         self.cancelled = 0
@@ -97,9 +100,13 @@ class OpenAIStandIn(ThreadedServer):
             given = request.headers.get("x-api-key") or auth.removeprefix("Bearer ")
             if given != self.api_key:
                 shown = f"{given[:6]}****{given[-4:]}" if len(given) > 10 else "****"
+                odd = ""
+                if self.echo_key_oddly:
+                    half = len(given) // 2
+                    odd = f" Header was: Bearer {given}; key body {given[3:]}; parts {given[:half]} / {given[half:]}."
                 return self._error(
                     401,
-                    f"Incorrect API key provided: {given}. Masked: {shown}.",
+                    f"Incorrect API key provided: {given}. Masked: {shown}.{odd}",
                     "invalid_request_error",
                     "invalid_api_key",
                 )
