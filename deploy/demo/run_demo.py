@@ -100,7 +100,7 @@ def main() -> int:
     try:
         log_path = Path(tempfile.gettempdir()) / "meshgate-demo-triton.log"
         print(
-            f"make run: starting Triton (CPU) with models add_sub, echo_text, sleep (log: {log_path}) ...",
+            f"make run: starting Triton (CPU) with models add_sub, echo_text, sleep, countdown (log: {log_path}) ...",
             flush=True,
         )
         with log_path.open("wb") as log:

@@ -102,7 +102,9 @@ def main() -> int:
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--metrics-port", type=int, default=8002)
-    ap.add_argument("--models", default=",".join(MODELS), help="comma list of models to serve")
+    ap.add_argument(
+        "--models", default="add_sub,echo_text,sleep,countdown", help=f"comma list of: {', '.join(MODELS)}"
+    )
     args = ap.parse_args()
     config = TritonConfig(
         http_address="127.0.0.1",
