@@ -312,3 +312,22 @@ def test_a_key_echoed_in_odd_shapes_never_leaves_the_gateway(
     pieces = {ours[i : i + PIECE] for i in range(len(ours) - PIECE + 1)}
     leaked = sorted(p for p in pieces if p in text)
     assert leaked == [], leaked
+
+
+def test_a_message_over_the_transport_cap_is_refused_cleanly(triton_a: Triton) -> None:
+    """Above server.max_message_bytes gRPC itself refuses the message (RESOURCE_EXHAUSTED, the
+    code gRPC defines for it, naming both sizes) before any handler runs: nothing is logged."""
+    ep = {"id": "triton-a", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]}
+    gw = Gateway({"server": {"max_message_bytes": 65536}, "pools": {"p": {"endpoints": [ep]}}}).start()
+    try:
+        gw.wait_serving("p")
+        with grpc.insecure_channel(gw.address) as ch:
+            with pytest.raises(grpc.RpcError) as big:
+                infer(ch, add_sub_request([1.0] * 20000, [1.0] * 20000))
+            assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "65536" in (big.value.details() or "")
+            resp = infer(ch, add_sub_request([1.0], [2.0]))  # the connection and gateway carry on
+            assert np.frombuffer(resp.outputs[0].raw, dtype="<f4").tolist() == [3.0]
+        assert "Traceback" not in gw.log()
+    finally:
+        gw.stop()

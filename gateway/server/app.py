@@ -165,30 +165,14 @@ class Gateway:
             server,
             front_door=False,
         )
-        try:
-            self.port = server.add_insecure_port(cfg.listen)
-        except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") and says no more
-            self.port = 0
-        if self.port == 0:
-            raise OSError(ports.bind_problem(cfg.listen) or f"cannot listen on {cfg.listen}")
+        self._bind(server, cfg.listen)
+        self._serve_metrics()
         await self.health.set("", NOT_SERVING)
         self._health_state[""] = False
         for source in self.sources:
             self._background(f"discovery:{source.name}", functools.partial(self._follow, source))
         self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
         self._background("load_probe", self.probe.run)
-        if self.config.metrics.listen:
-            listen = self.config.metrics.listen
-            host, port = ports.split_hostport(listen)
-            try:
-                self._http, _thread = start_http_server(port, host, registry=self.metrics.registry)
-            except OSError as err:
-                problem = ports.bind_problem(listen) or f"cannot listen on {listen}: {err.strerror or err}"
-                raise OSError(
-                    f"metrics: {problem}; set metrics.listen (MESHGATE_METRICS_LISTEN) to another"
-                    " address, or null to turn metrics off"
-                ) from None
-            self.metrics_port = self._http.server_port
         await server.start()
         self._server = server
         reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul
@@ -198,6 +182,36 @@ class Gateway:
             host = cfg.listen.rpartition(":")[0].strip("[]")
             self.registrar = ConsulRegistrar(consul_cfg, reg, host, self.port, __version__)
             self._background("registration", self.registrar.run)
+
+    def _bind(self, server: grpc.aio.Server, listen: str) -> None:
+        """Bind the gRPC port, or raise OSError saying why (and who holds it)."""
+        # Checked first (except by `--workers`' own processes, which share the port) so that a
+        # held address is one clear line instead of grpc's C-core error log plus ours.
+        problem = "" if ports.is_worker() else ports.bind_problem(listen)
+        if not problem:
+            try:
+                self.port = server.add_insecure_port(listen)
+            except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") and says no more
+                self.port = 0
+            if self.port == 0:
+                problem = ports.bind_problem(listen) or f"cannot listen on {listen}"
+        if problem:
+            raise OSError(problem)
+
+    def _serve_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        host, port = ports.split_hostport(listen)
+        try:
+            self._http, _thread = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as err:
+            problem = ports.bind_problem(listen) or f"cannot listen on {listen}: {err.strerror or err}"
+            raise OSError(
+                f"metrics: {problem}; set metrics.listen (MESHGATE_METRICS_LISTEN) to another"
+                " address, or null to turn metrics off"
+            ) from None
+        self.metrics_port = self._http.server_port
 
     def _background(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A loop that lives as long as the gateway: restarted (after a back-off) if it fails."""

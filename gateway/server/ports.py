@@ -41,6 +41,9 @@ def bind_problem(listen: str) -> str:
     host, port = split_hostport(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As grpc and the metrics server bind: SO_REUSEADDR lets a restart bind over its own
+        # TIME_WAIT connections, and still refuses an address that a socket listens on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host or "0.0.0.0", port))
         except OSError as err:

@@ -235,7 +235,5 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     )
     CudaSharedMemoryRegister = CudaSharedMemoryStatus
     CudaSharedMemoryUnregister = CudaSharedMemoryStatus
-    TraceSetting = _unimplemented(
-        "trace settings: set them on the backends (meshgate traces with OpenTelemetry)"
-    )
+    TraceSetting = _unimplemented("trace settings: set them on the backends")
     LogSettings = _unimplemented("log settings: set them on the backends")
