@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from tests.helpers import add_sub_request, infer, metric_value
-from tests.procs import ROOT, Gateway, Triton, pool_config, wait_until
+from tests.procs import ROOT, Gateway, Triton, free_ports, pool_config, wait_until
 
 
 def meshgate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -260,3 +260,16 @@ def test_a_taken_metrics_port_is_named(triton_a: Triton) -> None:
         f"metrics: cannot listen on 127.0.0.1:{port}: address in use, held by pid {os.getpid()}" in out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_the_banner_shows_where_metrics_really_listen(triton_a: Triton) -> None:
+    (port,) = free_ports(1)
+    config = pool_config(
+        {"p": [("triton-a", triton_a.address, ["add_sub"])]}, server={"listen": f"0.0.0.0:{port}"}
+    )
+    gw = Gateway(config).start()
+    try:
+        assert f"serving on 0.0.0.0:{port}" in gw.log()
+        assert f"metrics on http://127.0.0.1:{gw.metrics_port}/metrics" in gw.log()  # not 0.0.0.0
+    finally:
+        gw.stop()

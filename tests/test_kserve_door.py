@@ -95,9 +95,17 @@ def test_infer_and_statistics_count_exactly_the_calls(client: tc.InferenceServer
     for _ in range(3):
         result = client.infer("add_sub", [_fp32("INPUT0", [1, 2]), _fp32("INPUT1", [3, 4])])
         assert result.as_numpy("OUTPUT0").tolist() == [4.0, 6.0]
+    done: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.async_infer(
+        "add_sub",
+        [_fp32("INPUT0", [1, 2]), _fp32("INPUT1", [3, 4])],
+        callback=lambda result, error: done.put((result, error)),
+    )
+    result, error = done.get(timeout=10)
+    assert error is None and result.as_numpy("OUTPUT1").tolist() == [-2.0, -2.0]
     after, items_after = successes()
-    assert after - before == 3
-    assert items_after - items_before == 6  # a batch of 2 counts 2 inferences
+    assert after - before == 4
+    assert items_after - items_before == 8  # a batch of 2 counts 2 inferences
     everything = {s.name for s in client.get_inference_statistics().model_stats}
     assert set(DOOR_MODELS) | {"sum"} <= everything
     with pytest.raises(InferenceServerException) as unknown:
@@ -158,6 +166,15 @@ def test_aio_client_infer_and_stream(door: Gateway) -> None:
     async def run() -> tuple[list[float], list[int]]:
         client = tca.InferenceServerClient(door.address)
         try:
+            assert await client.is_server_live() and await client.is_server_ready()
+            assert await client.is_model_ready("add_sub")
+            assert (await client.get_server_metadata()).name == "meshgate"
+            assert (await client.get_model_metadata("countdown")).name == "countdown"
+            assert (await client.get_model_config("countdown")).config.model_transaction_policy.decoupled
+            assert "add_sub" in {m.name for m in (await client.get_model_repository_index()).models}
+            assert (await client.get_inference_statistics("add_sub")).model_stats[0].name == "add_sub"
+            with pytest.raises(InferenceServerException):
+                await client.load_model("add_sub")
             result = await client.infer("add_sub", [_fp32("INPUT0", [5]), _fp32("INPUT1", [1])])
             sums = result.as_numpy("OUTPUT0").tolist()
 
@@ -186,7 +203,13 @@ def test_control_methods_say_plainly_they_are_not_served(client: tc.InferenceSer
         (lambda: client.get_system_shared_memory_status(), "shared memory"),
         (lambda: client.get_cuda_shared_memory_status(), "CUDA shared memory"),
         (lambda: client.get_trace_settings(), "trace settings"),
+        (lambda: client.update_trace_settings(settings={"trace_rate": "1"}), "trace settings"),
         (lambda: client.get_log_settings(), "log settings"),
+        (lambda: client.update_log_settings(settings={"log_verbose_level": 1}), "log settings"),
+        (lambda: client.register_system_shared_memory("r", "/k", 64), "shared memory"),
+        (lambda: client.unregister_system_shared_memory("r"), "shared memory"),
+        (lambda: client.register_cuda_shared_memory("r", b"\0" * 64, 0, 64), "CUDA shared memory"),
+        (lambda: client.unregister_cuda_shared_memory("r"), "CUDA shared memory"),
     ]:
         with pytest.raises(InferenceServerException) as err:
             call()
