@@ -6,6 +6,7 @@ message so the CLI can print it and exit non-zero without a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,8 @@ from adapters import REGISTRY
 from discovery import Endpoint, ModelRef, PoolSnapshot
 from discovery.consul import ConsulConfig
 from discovery.registration import RegisterConfig
+
+from .policy.auth.config import AuthConfig
 
 ENV_LISTEN = "MESHGATE_LISTEN"
 ENV_METRICS_LISTEN = "MESHGATE_METRICS_LISTEN"
@@ -58,6 +61,9 @@ class ServerConfig(_Strict):
     # One logfmt line per call on logger meshgate.access (method, code, ms, request id, peer,
     # user, model, pool, endpoint, attempts).
     access_log: bool = True
+    # A listener on a non-loopback address needs an authenticator (auth.authenticators) unless
+    # this says, explicitly, that anyone who can reach the port may call every model.
+    allow_unauthenticated: bool = False
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
 
@@ -265,8 +271,21 @@ class Config(_Strict):
     limits: LimitsConfig = LimitsConfig()
     readiness: ReadinessConfig = ReadinessConfig()
     routing: RoutingConfig = RoutingConfig()
+    auth: AuthConfig = AuthConfig()
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Config:
+        listen = self.server.listen
+        if not self.auth.authenticators and not self.server.allow_unauthenticated and not _loopback(listen):
+            raise ValueError(
+                f"server.listen {listen} is reachable from other hosts and no authenticator is"
+                " configured: anyone who can reach it could call every model. Configure"
+                " auth.authenticators (e.g. [api_key] with auth.api_keys.file), listen on"
+                " 127.0.0.1, or set server.allow_unauthenticated: true"
+            )
+        return self
 
     def static_snapshots(self) -> tuple[PoolSnapshot, ...]:
         snaps = []
@@ -303,6 +322,16 @@ class Config(_Strict):
                 )
             snaps.append(PoolSnapshot(source="static", pool=pool_name, endpoints=tuple(eps)))
         return tuple(snaps)
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

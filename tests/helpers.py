@@ -20,8 +20,8 @@ def add_sub_request(a: list[float], b: list[float], **kw: Any) -> Any:
     return inference_pb2.InferRequest(model="add_sub", inputs=[fp32("INPUT0", a), fp32("INPUT1", b)], **kw)
 
 
-def infer(channel: grpc.Channel, request: Any, timeout: float = 10) -> Any:
-    return inference_pb2_grpc.InferenceStub(channel).Infer(request, timeout=timeout)
+def infer(channel: grpc.Channel, request: Any, timeout: float = 10, **kw: Any) -> Any:
+    return inference_pb2_grpc.InferenceStub(channel).Infer(request, timeout=timeout, **kw)
 
 
 def output(resp: Any, name: str) -> np.ndarray:

@@ -265,7 +265,8 @@ def test_a_taken_metrics_port_is_named(triton_a: Triton) -> None:
 def test_the_banner_shows_where_metrics_really_listen(triton_a: Triton) -> None:
     (port,) = free_ports(1)
     config = pool_config(
-        {"p": [("triton-a", triton_a.address, ["add_sub"])]}, server={"listen": f"0.0.0.0:{port}"}
+        {"p": [("triton-a", triton_a.address, ["add_sub"])]},
+        server={"listen": f"0.0.0.0:{port}", "allow_unauthenticated": True},
     )
     gw = Gateway(config).start()
     try:

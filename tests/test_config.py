@@ -76,7 +76,9 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_environment_overrides_listen_addresses() -> None:
     config = parse_config(
-        "{}", "gw.yaml", {"MESHGATE_LISTEN": "0.0.0.0:9000", "MESHGATE_METRICS_LISTEN": "off"}
+        "server: {allow_unauthenticated: true}",
+        "gw.yaml",
+        {"MESHGATE_LISTEN": "0.0.0.0:9000", "MESHGATE_METRICS_LISTEN": "off"},
     )
     assert config.server.listen == "0.0.0.0:9000"
     assert config.metrics.listen is None

@@ -104,11 +104,15 @@ def _fail(err: grpc.RpcError) -> int:
     return 1
 
 
-def models(target: str, timeout: float, as_json: bool) -> int:
+def _metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def models(target: str, timeout: float, as_json: bool, api_key: str = "") -> int:
     with grpc.insecure_channel(target) as channel:
         try:
             resp = models_pb2_grpc.ModelsStub(channel).ListModels(
-                models_pb2.ListModelsRequest(), timeout=timeout
+                models_pb2.ListModelsRequest(), timeout=timeout, metadata=_metadata(api_key)
             )
         except grpc.RpcError as err:
             return _fail(err)
@@ -128,12 +132,12 @@ def models(target: str, timeout: float, as_json: bool) -> int:
     return 0
 
 
-def model_endpoints(target: str, model: str, timeout: float, as_json: bool) -> int:
+def model_endpoints(target: str, model: str, timeout: float, as_json: bool, api_key: str = "") -> int:
     """One model's endpoints and what the scheduler sees of each (why traffic goes where)."""
     with grpc.insecure_channel(target) as channel:
         try:
             resp = models_pb2_grpc.ModelsStub(channel).GetModel(
-                models_pb2.GetModelRequest(name=model), timeout=timeout
+                models_pb2.GetModelRequest(name=model), timeout=timeout, metadata=_metadata(api_key)
             )
         except grpc.RpcError as err:
             return _fail(err)
@@ -189,7 +193,9 @@ def infer(args: argparse.Namespace) -> int:
     )
     with grpc.insecure_channel(target := args.target) as channel:
         try:
-            resp = inference_pb2_grpc.InferenceStub(channel).Infer(req, timeout=args.timeout)
+            resp = inference_pb2_grpc.InferenceStub(channel).Infer(
+                req, timeout=args.timeout, metadata=_metadata(args.api_key)
+            )
         except grpc.RpcError as err:
             return _fail(err)
     outputs = {t.name: tensor_values(t) for t in resp.outputs}

@@ -21,6 +21,7 @@ from typing import Any
 from adapters.scrub import ScrubFilter
 
 from ..config import ConfigError, load_config
+from ..policy.auth.keys import KeyFileError
 from ..server import ports
 
 DEFAULT_TARGET = "127.0.0.1:8700"
@@ -37,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
 
+    from . import keys
     from .consul import add_arguments
 
     add_arguments(sub)
+    keys.add_arguments(sub)
 
     for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
         q = sub.add_parser(name, help=help_)
@@ -47,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
             "--target", default=os.environ.get("MESHGATE_TARGET", DEFAULT_TARGET), help="gateway host:port"
         )
         q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument(
+            "--api-key",
+            default=os.environ.get("MESHGATE_API_KEY", ""),
+            help="sent as `authorization: Bearer ...` (default $MESHGATE_API_KEY)",
+        )
         q.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
         if name == "models":
             q.add_argument(
@@ -75,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "serve":
         return _serve(args.config, args.workers)
+    # `meshgate models | head`: end quietly when the reader goes away, as Unix tools do (not
+    # for `serve`, which must not die of a closed stdout).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if args.command == "keys":
+        from . import keys as keys_cli
+
+        return keys_cli.run(args)
     if args.command in ("register", "deregister"):
         from . import consul as consul_cli
 
@@ -83,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "models":
         if args.model:
-            return client.model_endpoints(args.target, args.model, args.timeout, args.json)
-        return client.models(args.target, args.timeout, args.json)
+            return client.model_endpoints(args.target, args.model, args.timeout, args.json, args.api_key)
+        return client.models(args.target, args.timeout, args.json, args.api_key)
     return client.infer(args)
 
 
@@ -126,7 +141,7 @@ def _serve(path: str | None, workers: int) -> int:
             logging.getLogger("meshgate").info("uvloop not installed; using asyncio's loop")
     try:
         result: int = runner(serve(config, name))
-    except OSError as err:
+    except (OSError, KeyFileError) as err:
         print(f"meshgate: {err}", file=sys.stderr)
         return 1
     return result

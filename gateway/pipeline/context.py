@@ -36,9 +36,10 @@ ANONYMOUS = Principal()
 class CallRecord:
     """What a call learned on its way, for the access log and settlement."""
 
-    __slots__ = ("attempts", "delivered", "endpoint", "model", "pool", "usage")
+    __slots__ = ("attempts", "delivered", "endpoint", "model", "pool", "requested", "usage")
 
     def __init__(self) -> None:
+        self.requested = ""  # the model the caller named (a model or an alias)
         self.model = ""  # the model that answered (an alias's target)
         self.pool = ""
         self.endpoint = ""

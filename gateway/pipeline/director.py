@@ -233,6 +233,7 @@ class Director:
         in reverse, however the call ended (answered, refused, failed, cancelled, broken)."""
         start = time.monotonic()
         record = call.ctx.record
+        record.requested = call.model
         to_settle: list[tuple[Stage, Any, bool, Any]] = []  # (stage, settle, is async, ticket)
         code = grpc.StatusCode.CANCELLED  # until the call ends another way
         try:

@@ -180,10 +180,14 @@ class ModelStatsStage:
             self._stats.record(call.model, call.version, ok, outcome.seconds, items, attempts)
 
 
-def build_stages(config: Config, metrics: Metrics, extra: tuple[Stage, ...] = ()) -> tuple[Stage, ...]:
-    """The stage order, defined here only. `extra` (tests; later identity, limits, budgets and
-    cache, each in its place) runs after the complexity estimate, so it can read it."""
+def build_stages(
+    config: Config, metrics: Metrics, extra: tuple[Stage, ...] = (), authorize: Stage | None = None
+) -> tuple[Stage, ...]:
+    """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
+    a caller learns nothing about a model it may not use. `extra` (tests; later limits, budgets
+    and cache, each in its place) runs after the complexity estimate, so it can read it."""
     return (
+        *((authorize,) if authorize is not None else ()),
         ValidationStage(config),
         ComplexityStage(config),
         *extra,

@@ -35,6 +35,8 @@ from ..load import LoadProbe, load_metric_names
 from ..observe.metrics import Metrics
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage, build_stages
+from ..policy.auth.authenticate import build_authentication
+from ..policy.auth.authorize import AuthorizeStage, Rules
 from . import ports
 from .background import supervise
 from .interceptors import FrontDoor
@@ -58,6 +60,8 @@ class Gateway:
         self.metrics = Metrics(registry or CollectorRegistry())
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_state: dict[str, bool] = {}
+        self.authentication = build_authentication(config.auth)
+        self.rules = Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -70,7 +74,12 @@ class Gateway:
             self.metrics,
             self.readiness.report_down,
             on_eject=self._on_eject,
-            stages=build_stages(config, self.metrics, extra_stages),
+            stages=build_stages(
+                config,
+                self.metrics,
+                extra_stages,
+                authorize=AuthorizeStage(self.rules) if self.rules is not None else None,
+            ),
         )
         probe_cfg = config.routing.load_probe
         self.probe = LoadProbe(
@@ -148,7 +157,8 @@ class Gateway:
             kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         )
         server = grpc.aio.server(options=options)
-        door = FrontDoor(cfg, self.metrics)  # every call of ours goes through it; health gets the body guard
+        # Every call of ours goes through the front door; health and reflection get the body guard.
+        door = FrontDoor(cfg, self.metrics, self.authentication, self.rules, self.config.auth.audit_log)
         door.register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.director), server
         )
@@ -173,6 +183,8 @@ class Gateway:
             self._background(f"discovery:{source.name}", functools.partial(self._follow, source))
         self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
         self._background("load_probe", self.probe.run)
+        for name, loop in self.authentication.loops() if self.authentication is not None else ():
+            self._background(name, loop)
         await server.start()
         self._server = server
         reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul

@@ -11,10 +11,15 @@ A bug (any other exception) is logged once with its traceback and answered INTER
 request id, never with the exception's text. Health and reflection get only the body guard
 below: a mesh probes health every second, and those calls are not traffic.
 
-A request body that does not parse as the method's message is the caller's mistake, not ours:
-grpc would log the DecodeError with a traceback and answer UNKNOWN, so every method's deserializer
-is wrapped (`_decoder`) to hand the handler an `Undecodable` instead, answered INVALID_ARGUMENT,
-counted in meshgate_undecodable_requests_total{method} and logged at most once per 10 s per method.
+Identity (when `auth.authenticators` are configured): the `authorization` metadata is turned into
+the call's Principal before anything else runs (UNAUTHENTICATED saying which check failed), and a
+method that names no model is authorised here (PERMISSION_DENIED); methods that route to a model
+(the servicer's `routed_methods`) are authorised by AuthorizeStage, which knows the model. With
+auth configured, `auth.audit_log` adds one JSON line per call on logger `meshgate.audit`
+(principal, credential id, method, model, route, code, latency; never payloads or credentials).
+
+A request body that does not parse as the method's message is the caller's mistake, answered
+INVALID_ARGUMENT without a traceback (bodies.py).
 
 It wraps each method's handler once, when the servicers are registered (`register`), instead of
 sitting in grpc.aio's per-call interceptor pipeline, which builds HandlerCallDetails and awaits a
@@ -40,11 +45,15 @@ import grpc
 from ..config import ServerConfig
 from ..errors import GatewayError, abort
 from ..observe.metrics import Metrics
-from ..observe.ratelog import RateLimitedLog
 from ..pipeline.context import ANONYMOUS, CallRecord, RequestContext, bind, unbind
+from ..policy.audit import audit_line
+from ..policy.auth.authenticate import Authentication
+from ..policy.auth.authorize import Rules
+from .bodies import BodyGuard, Undecodable, decoder, message_name
 
 log = logging.getLogger("meshgate.server")
 access = logging.getLogger("meshgate.access")
+audit = logging.getLogger("meshgate.audit")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # not subscriptable at run time
@@ -52,46 +61,28 @@ Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 _OK = grpc.StatusCode.OK
 _REQUEST_ID = "x-request-id"
 _MAX_ID = 128  # a caller's request id longer than this is replaced, not echoed
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class Undecodable:
-    """What a method's handler receives instead of a request body that did not parse."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def decode(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception as err:  # noqa: BLE001 - any parse failure is the body's fault, not ours
-            return Undecodable(err)
-
-    return decode
-
-
-def _message_name(handler: Any) -> str:
-    """The request message's full name, from the generated deserializer (`X.FromString`)."""
-    owner = getattr(handler.request_deserializer, "__self__", None)
-    descriptor = getattr(owner, "DESCRIPTOR", None)
-    return str(getattr(descriptor, "full_name", "request message"))
 
 
 class FrontDoor:
-    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics,
+        authentication: Authentication | None = None,
+        rules: Rules | None = None,
+        audit_log: bool = False,
+    ) -> None:
         self._config = config
         self._metrics = metrics
+        self._authn = authentication
+        self._rules = rules
+        self._admits = authentication is not None or rules is not None
+        self._audit = audit_log and authentication is not None
         self._access_log = config.access_log
         self._prefix = secrets.token_hex(4)  # request ids: unique per process, then a counter
         self._counter = itertools.count(1)
-        self._junk_log = RateLimitedLog(log)
+        self._bodies = BodyGuard(metrics)
+        self.guard = self._bodies.guard
 
     def register(
         self,
@@ -103,96 +94,51 @@ class FrontDoor:
     ) -> None:
         """`add_XServicer_to_server(servicer, server)` (generated code), every method wrapped:
         with the whole front door, or (`front_door=False`: health, reflection) the body guard only."""
-        registrar = _Registrar(server, self.wrap if front_door else self.guard)
+        routed: frozenset[str] = getattr(servicer, "routed_methods", frozenset())
+
+        def wrap(method: str, handler: Any) -> Any:
+            return self.wrap(method, handler, by_model=method in routed)
+
+        registrar = _Registrar(server, wrap if front_door else self.guard)
         add_to_server(servicer, registrar)
         registrar.close()
 
-    def wrap(self, method: str, handler: Any) -> Any:
-        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door."""
-        message = _message_name(handler)
-        handler = handler._replace(request_deserializer=_decoder(handler.request_deserializer))
+    def wrap(self, method: str, handler: Any, by_model: bool = False) -> Any:
+        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door;
+        `by_model`: the pipeline authorises it, knowing the model."""
+        message = message_name(handler)
+        handler = handler._replace(request_deserializer=decoder(handler.request_deserializer))
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary))
+            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary, by_model))
         if handler.unary_stream is not None or handler.stream_stream is not None:
             inner = handler.unary_stream or handler.stream_stream
             if inspect.isasyncgenfunction(inner):
                 raise TypeError(f"{method}: stream handlers write with context.write, they do not yield")
             if handler.unary_stream is not None:
-                return handler._replace(unary_stream=self._unary(method, message, inner))
+                return handler._replace(unary_stream=self._unary(method, message, inner, by_model))
 
             # Bidirectional (KServe's ModelStreamInfer): an undecodable body in the stream ends
             # it with INVALID_ARGUMENT, raised where the handler reads it.
             async def checked(requests: Any) -> Any:
                 async for request in requests:
                     if type(request) is Undecodable:
-                        raise self.undecodable(method, message, request)
+                        raise self._bodies.undecodable(method, message, request)
                     yield request
 
             def bidi(requests: Any, context: Context) -> Awaitable[Any]:
                 result: Awaitable[Any] = inner(checked(requests), context)
                 return result
 
-            return handler._replace(stream_stream=self._unary(method, message, bidi))
+            return handler._replace(stream_stream=self._unary(method, message, bidi, by_model))
         raise TypeError(f"{method}: client-streaming methods are not served")
 
-    def guard(self, method: str, handler: Any) -> Any:
-        """`handler` with only the body guard: an undecodable body is INVALID_ARGUMENT."""
-        message = _message_name(handler)
-        handler = handler._replace(request_deserializer=_decoder(handler.request_deserializer))
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._guarded(method, message, handler.unary_unary))
-        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-            return handler._replace(unary_stream=self._guarded(method, message, handler.unary_stream))
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Context) -> Any:
-                if type(request) is Undecodable:
-                    await self._refuse(method, message, request, context)
-                async for item in inner_us(request, context):
-                    yield item
-
-            return handler._replace(unary_stream=unary_stream)
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def checked(requests: Any, context: Context) -> Any:
-                async for request in requests:
-                    if type(request) is Undecodable:
-                        await self._refuse(method, message, request, context)
-                    yield request
-
-            async def stream_stream(requests: Any, context: Context) -> Any:
-                async for item in inner_ss(checked(requests, context), context):
-                    yield item
-
-            return handler._replace(stream_stream=stream_stream)
-        return handler
-
-    def _guarded(self, method: str, message: str, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
-        """A coroutine handler (unary, or a stream that writes with context.write) behind the body guard."""
-
-        async def handle(request: Any, context: Context) -> Any:
-            if type(request) is Undecodable:
-                await self._refuse(method, message, request, context)
-            return await inner(request, context)
-
-        return handle
-
-    def undecodable(self, method: str, message: str, body: Undecodable) -> GatewayError:
-        """The caller's error for an unparsable body: counted, logged at most every 10 s per method."""
-        self._metrics.undecodable_request(method)
-        text = str(body.error).split("\n", 1)[0][:200]
-        self._junk_log.warning(method, "%s: request body did not parse (%s)", method, text)
-        return GatewayError(_INVALID, f"request body is not a valid {message}: {text}")
-
-    async def _refuse(self, method: str, message: str, body: Undecodable, context: Context) -> None:
-        await abort(context, self.undecodable(method, message, body))
-
-    def _context(self, method: str, context: Context, start: float) -> RequestContext:
-        request_id = traceparent = priority = ""
+    def _context(self, method: str, context: Context, start: float) -> tuple[RequestContext, str]:
+        """The call's context, and its `authorization` metadata ("" when none)."""
+        request_id = traceparent = priority = authorization = ""
         for key, value in context.invocation_metadata() or ():
-            if key == _REQUEST_ID:
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else ""
+            elif key == _REQUEST_ID:
                 request_id = value if isinstance(value, str) and len(value) <= _MAX_ID else ""
             elif key == "traceparent":
                 traceparent = str(value)
@@ -201,7 +147,7 @@ class FrontDoor:
         remaining = context.time_remaining()
         cfg = self._config
         timeout = cfg.default_timeout_s if remaining is None else min(float(remaining), cfg.max_timeout_s)
-        return RequestContext(
+        ctx = RequestContext(
             request_id or f"{self._prefix}{next(self._counter):08x}",
             method,
             start + timeout,
@@ -211,16 +157,34 @@ class FrontDoor:
             traceparent,
             priority,
         )
+        return ctx, authorization
 
-    def _unary(self, method: str, message: str, inner: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+    def _admit(self, ctx: RequestContext, authorization: str, by_model: bool) -> RequestContext:
+        """`ctx` with the caller's principal; raises UNAUTHENTICATED / PERMISSION_DENIED."""
+        if self._authn is not None:
+            ctx = ctx._replace(principal=self._authn.authenticate(authorization))
+            bind(ctx)
+        if self._rules is not None and not by_model:
+            self._rules.check(ctx.principal, ctx.method, None)
+        return ctx
+
+    def _unary(
+        self,
+        method: str,
+        message: str,
+        inner: Callable[[Any, Context], Awaitable[Any]],
+        by_model: bool = False,
+    ) -> Any:
         async def handle(request: Any, context: Context) -> Any:
             start = time.monotonic()
-            ctx = self._context(method, context, start)
+            ctx, authorization = self._context(method, context, start)
             token = bind(ctx)
             code = grpc.StatusCode.UNKNOWN
             try:
+                if self._admits:
+                    ctx = self._admit(ctx, authorization, by_model)
                 if type(request) is Undecodable:
-                    raise self.undecodable(method, message, request)
+                    raise self._bodies.undecodable(method, message, request)
                 response = await inner(request, context)
                 code = _OK
                 context.set_trailing_metadata(((_REQUEST_ID, ctx.request_id),))
@@ -247,6 +211,8 @@ class FrontDoor:
     def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float) -> None:
         seconds = time.monotonic() - start
         self._metrics.request_done(ctx.method, code, seconds)
+        if self._audit and audit.isEnabledFor(logging.INFO):
+            audit.info(audit_line(ctx, code, seconds))
         if self._access_log and access.isEnabledFor(logging.INFO):
             r = ctx.record
             access.info(

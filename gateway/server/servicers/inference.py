@@ -82,6 +82,9 @@ def response_to_pb(result: InferResult, route: Route, typed: bool = False) -> An
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    # Methods on a model: authorised by the pipeline (AuthorizeStage), which knows the model.
+    routed_methods = frozenset({"Infer", "Generate", "GenerateStream", "Embed"})
+
     def __init__(self, director: Director) -> None:
         self._director = director
 

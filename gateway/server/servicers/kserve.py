@@ -80,6 +80,9 @@ def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    # Methods on a model: authorised by the pipeline (AuthorizeStage), which knows the model.
+    routed_methods = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata", "ModelConfig"})
+
     def __init__(
         self, director: Director, any_ready: Callable[[], bool], stats: ModelStats, request_timeout_s: float
     ) -> None:
