@@ -21,6 +21,7 @@ from discovery.consul import ConsulConfig
 from discovery.registration import RegisterConfig
 
 from .policy.auth.config import AuthConfig
+from .server.tls import TLSConfig
 
 ENV_LISTEN = "MESHGATE_LISTEN"
 ENV_METRICS_LISTEN = "MESHGATE_METRICS_LISTEN"
@@ -64,6 +65,8 @@ class ServerConfig(_Strict):
     # A listener on a non-loopback address needs an authenticator (auth.authenticators) unless
     # this says, explicitly, that anyone who can reach the port may call every model.
     allow_unauthenticated: bool = False
+    # TLS on the listener (certificates reloaded when their files change); mTLS with client_ca_file.
+    tls: TLSConfig | None = None
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
 

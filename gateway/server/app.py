@@ -43,6 +43,7 @@ from .interceptors import FrontDoor
 from .servicers.inference import InferenceServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelsServicer
+from .tls import ReloadingCredentials
 
 log = logging.getLogger("meshgate")
 
@@ -200,9 +201,15 @@ class Gateway:
         # Checked first (except by `--workers`' own processes, which share the port) so that a
         # held address is one clear line instead of grpc's C-core error log plus ours.
         problem = "" if ports.is_worker() else ports.bind_problem(listen)
+        tls = self.config.server.tls
         if not problem:
             try:
-                self.port = server.add_insecure_port(listen)
+                if tls is not None:
+                    self.port = server.add_secure_port(listen, ReloadingCredentials(tls).credentials())
+                else:
+                    self.port = server.add_insecure_port(listen)
+            except (OSError, ValueError) as err:  # the certificate files: named in the message
+                raise OSError(f"server.tls: {err}") from None
             except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") and says no more
                 self.port = 0
             if self.port == 0:

@@ -159,10 +159,12 @@ class FrontDoor:
         )
         return ctx, authorization
 
-    def _admit(self, ctx: RequestContext, authorization: str, by_model: bool) -> RequestContext:
+    def _admit(
+        self, ctx: RequestContext, authorization: str, context: Context, by_model: bool
+    ) -> RequestContext:
         """`ctx` with the caller's principal; raises UNAUTHENTICATED / PERMISSION_DENIED."""
         if self._authn is not None:
-            ctx = ctx._replace(principal=self._authn.authenticate(authorization))
+            ctx = ctx._replace(principal=self._authn.authenticate(authorization, context))
             bind(ctx)
         if self._rules is not None and not by_model:
             self._rules.check(ctx.principal, ctx.method, None)
@@ -182,7 +184,7 @@ class FrontDoor:
             code = grpc.StatusCode.UNKNOWN
             try:
                 if self._admits:
-                    ctx = self._admit(ctx, authorization, by_model)
+                    ctx = self._admit(ctx, authorization, context, by_model)
                 if type(request) is Undecodable:
                     raise self._bodies.undecodable(method, message, request)
                 response = await inner(request, context)

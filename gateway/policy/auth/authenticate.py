@@ -1,8 +1,9 @@
 """Authentication: a call's credential -> a Principal, or UNAUTHENTICATED saying which check failed.
 
-The front door calls `Authentication.authenticate` with the call's `authorization` metadata. The
-configured authenticators are tried in order; the first that recognises the credential's kind
-decides (an `mgk_` key goes to the API key authenticator). What is refused gets UNAUTHENTICATED
+The front door calls `Authentication.authenticate` with the call's `authorization` metadata and
+its servicer context (for the TLS peer). The configured authenticators are tried in order; the
+first that recognises the credential decides (an `mgk_` key goes to the API key authenticator, a
+mapped client certificate to mtls). What is refused gets UNAUTHENTICATED
 with the reason (missing, malformed, unknown, revoked, expired) and never the credential itself.
 Principals are built once per key and reused, so a verified call costs a SHA-256 and two dict
 lookups.
@@ -21,6 +22,7 @@ from ...errors import GatewayError
 from ...pipeline.context import ANONYMOUS, Principal
 from .config import AuthConfig
 from .keys import PREFIX, KeyStore
+from .mtls import MtlsAuthenticator
 
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
@@ -35,9 +37,13 @@ class Authenticator(Protocol):
 
     name: str
 
-    def authenticate(self, credential: str, now: float) -> Principal | None:
-        """The principal for `credential`; None when the credential is not of this kind; raises
-        GatewayError(UNAUTHENTICATED) when it is of this kind but refused."""
+    def authenticate(
+        self, bearer: str | None, context: Any, now: float, hints: list[str]
+    ) -> Principal | None:
+        """The principal for the call's credential (`bearer`: the Bearer token, None when the
+        call sent none; `context`: the servicer context, for the TLS peer); None when there is
+        no credential of this kind (a reason to show the caller may be added to `hints`); raises
+        GatewayError(UNAUTHENTICATED) when there is one but it is refused."""
         ...
 
     def loops(self) -> list[Loop]:
@@ -54,10 +60,12 @@ class ApiKeyAuthenticator:
         self._principals: dict[str, Principal] = {}
         self._for: dict[str, Any] | None = None  # the entries the principals were built from
 
-    def authenticate(self, credential: str, now: float) -> Principal | None:
-        if not credential.startswith(PREFIX):
+    def authenticate(
+        self, bearer: str | None, context: Any, now: float, hints: list[str]
+    ) -> Principal | None:
+        if bearer is None or not bearer.startswith(PREFIX):
             return None
-        entry, why = self._store.check(credential, now)
+        entry, why = self._store.check(bearer, now)
         if entry is None:
             raise unauthenticated(why)
         if self._for is not self._store.entries:
@@ -89,30 +97,36 @@ class Authentication:
     def __init__(self, authenticators: list[Authenticator], allow_anonymous: bool) -> None:
         self.authenticators = authenticators
         self._allow_anonymous = allow_anonymous
-        kinds = " or ".join(_KINDS.get(a.name, a.name) for a in authenticators)
-        self._expected = f"send metadata `authorization: Bearer <{kinds}>`"
+        ways = []
+        if any(a.name == "api_key" for a in authenticators):
+            ways.append(f"send metadata `authorization: Bearer <API key ({PREFIX}...)>`")
+        if any(a.name == "mtls" for a in authenticators):
+            ways.append("connect with a client certificate mapped in auth.mtls.identities")
+        self._expected = " or ".join(ways)
 
-    def authenticate(self, authorization: str) -> Principal:
-        if not authorization:
+    def authenticate(self, authorization: str, context: Any = None) -> Principal:
+        bearer: str | None = None
+        if authorization:
+            scheme, _, credential = authorization.partition(" ")
+            bearer = credential.strip()
+            if scheme.lower() != "bearer" or not bearer:
+                raise unauthenticated(f"malformed authorization metadata: {self._expected}")
+        now = time.time()
+        hints: list[str] = []
+        for authenticator in self.authenticators:
+            principal = authenticator.authenticate(bearer, context, now, hints)
+            if principal is not None:
+                return principal
+        if hints:
+            raise unauthenticated(hints[0])
+        if bearer is None:
             if self._allow_anonymous:
                 return ANONYMOUS
             raise unauthenticated(f"missing credential: {self._expected}")
-        scheme, _, credential = authorization.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise unauthenticated(f"malformed authorization metadata: {self._expected}")
-        now = time.time()
-        for authenticator in self.authenticators:
-            principal = authenticator.authenticate(credential, now)
-            if principal is not None:
-                return principal
         raise unauthenticated(f"credential not recognised: {self._expected}")
 
     def loops(self) -> list[Loop]:
         return [loop for a in self.authenticators for loop in a.loops()]
-
-
-_KINDS = {"api_key": f"API key ({PREFIX}...)"}
 
 
 def build_authentication(config: AuthConfig) -> Authentication | None:
@@ -124,4 +138,6 @@ def build_authentication(config: AuthConfig) -> Authentication | None:
     for name in config.authenticators:
         if name == "api_key" and config.api_keys is not None:
             chain.append(ApiKeyAuthenticator(KeyStore(config.api_keys.file), config.api_keys.reload_s))
+        elif name == "mtls" and config.mtls is not None:
+            chain.append(MtlsAuthenticator(config.mtls))
     return Authentication(chain, config.allow_anonymous)

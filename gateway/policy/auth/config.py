@@ -20,6 +20,31 @@ class ApiKeysConfig(_Strict):
     reload_s: float = Field(default=1.0, gt=0)
 
 
+class PeerIdentity(_Strict):
+    """A client certificate and the principal it stands for. `spiffe` matches the certificate's
+    SPIFFE ID (URI SAN, `spiffe://trust-domain/path`; a trailing `*` matches a prefix), or
+    `common_name` its subject CN."""
+
+    spiffe: str | None = None
+    common_name: str | None = None
+    user: str = ""
+    project: str = ""
+    department: str = ""
+    roles: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> PeerIdentity:
+        if (self.spiffe is None) == (self.common_name is None):
+            raise ValueError("give exactly one of spiffe and common_name")
+        return self
+
+
+class MtlsConfig(_Strict):
+    """Principals of client certificates (server.tls.client_ca_file verifies them first)."""
+
+    identities: list[PeerIdentity] = Field(default_factory=list)
+
+
 class Who(_Strict):
     """A principal matches when any listed value of any kind matches; empty = everybody."""
 
@@ -47,8 +72,9 @@ class AuthConfig(_Strict):
     allowed (and the gateway must listen on loopback, unless server.allow_unauthenticated)."""
 
     # Tried in this order; the first that recognises the credential decides.
-    authenticators: list[Literal["api_key"]] = Field(default_factory=list)
+    authenticators: list[Literal["api_key", "mtls"]] = Field(default_factory=list)
     api_keys: ApiKeysConfig | None = None
+    mtls: MtlsConfig | None = None
     # With authenticators configured: may a call without any credential go on, as anonymous?
     allow_anonymous: bool = False
     # What a call that matches no rule gets.
@@ -61,6 +87,8 @@ class AuthConfig(_Strict):
     def _needs_their_settings(self) -> AuthConfig:
         if "api_key" in self.authenticators and self.api_keys is None:
             raise ValueError("authenticator api_key needs an api_keys section (api_keys: {file: keys.yaml})")
+        if "mtls" in self.authenticators and self.mtls is None:
+            raise ValueError("authenticator mtls needs an mtls section (mtls: {identities: [...]})")
         if len(set(self.authenticators)) != len(self.authenticators):
             raise ValueError("each authenticator may be listed once")
         return self
