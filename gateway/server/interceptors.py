@@ -45,7 +45,7 @@ import grpc
 from ..config import ServerConfig
 from ..errors import GatewayError, abort
 from ..observe.metrics import Metrics
-from ..pipeline.context import ANONYMOUS, CallRecord, RequestContext, bind, unbind
+from ..pipeline.context import ANONYMOUS, CallRecord, Principal, RequestContext, bind, unbind
 from ..policy.audit import audit_line
 from ..policy.auth.authenticate import Authentication
 from ..policy.auth.authorize import Rules
@@ -159,12 +159,15 @@ class FrontDoor:
         )
         return ctx, authorization
 
-    def _admit(
+    async def _admit(
         self, ctx: RequestContext, authorization: str, context: Context, by_model: bool
     ) -> RequestContext:
         """`ctx` with the caller's principal; raises UNAUTHENTICATED / PERMISSION_DENIED."""
         if self._authn is not None:
-            ctx = ctx._replace(principal=self._authn.authenticate(authorization, context))
+            principal = self._authn.authenticate(authorization, context)
+            if not isinstance(principal, Principal):  # rare: the authenticator must fetch first
+                principal = await principal
+            ctx = ctx._replace(principal=principal)
             bind(ctx)
         if self._rules is not None and not by_model:
             self._rules.check(ctx.principal, ctx.method, None)
@@ -184,7 +187,7 @@ class FrontDoor:
             code = grpc.StatusCode.UNKNOWN
             try:
                 if self._admits:
-                    ctx = self._admit(ctx, authorization, context, by_model)
+                    ctx = await self._admit(ctx, authorization, context, by_model)
                 if type(request) is Undecodable:
                     raise self._bodies.undecodable(method, message, request)
                 response = await inner(request, context)

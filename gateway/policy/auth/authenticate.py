@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import grpc
@@ -39,8 +39,9 @@ class Authenticator(Protocol):
 
     def authenticate(
         self, bearer: str | None, context: Any, now: float, hints: list[str]
-    ) -> Principal | None:
-        """The principal for the call's credential (`bearer`: the Bearer token, None when the
+    ) -> Principal | Awaitable[Principal] | None:
+        """The principal for the call's credential (an awaitable of it when the authenticator
+        must first fetch something, e.g. an issuer's new keys) (`bearer`: the Bearer token, None when the
         call sent none; `context`: the servicer context, for the TLS peer); None when there is
         no credential of this kind (a reason to show the caller may be added to `hints`); raises
         GatewayError(UNAUTHENTICATED) when there is one but it is refused."""
@@ -100,11 +101,15 @@ class Authentication:
         ways = []
         if any(a.name == "api_key" for a in authenticators):
             ways.append(f"send metadata `authorization: Bearer <API key ({PREFIX}...)>`")
+        if any(a.name == "jwt" for a in authenticators):
+            ways.append("send metadata `authorization: Bearer <JWT>`")
         if any(a.name == "mtls" for a in authenticators):
             ways.append("connect with a client certificate mapped in auth.mtls.identities")
         self._expected = " or ".join(ways)
 
-    def authenticate(self, authorization: str, context: Any = None) -> Principal:
+    def authenticate(self, authorization: str, context: Any = None) -> Principal | Awaitable[Principal]:
+        """The caller's principal, or an awaitable of it (rarely: a JWKS fetch); raises
+        GatewayError(UNAUTHENTICATED)."""
         bearer: str | None = None
         if authorization:
             scheme, _, credential = authorization.partition(" ")
@@ -140,4 +145,8 @@ def build_authentication(config: AuthConfig) -> Authentication | None:
             chain.append(ApiKeyAuthenticator(KeyStore(config.api_keys.file), config.api_keys.reload_s))
         elif name == "mtls" and config.mtls is not None:
             chain.append(MtlsAuthenticator(config.mtls))
+        elif name == "jwt" and config.jwt is not None:
+            from .jwt_auth import JwtAuthenticator  # it imports this module's helpers
+
+            chain.append(JwtAuthenticator(config.jwt))
     return Authentication(chain, config.allow_anonymous)

@@ -45,6 +45,41 @@ class MtlsConfig(_Strict):
     identities: list[PeerIdentity] = Field(default_factory=list)
 
 
+Algorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
+ClaimField = Literal["user", "project", "department", "roles"]
+_DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
+_DEFAULT_CLAIMS: dict[ClaimField, str] = {
+    "user": "sub",
+    "project": "project",
+    "department": "department",
+    "roles": "roles",
+}
+
+
+class JwtConfig(_Strict):
+    """JWT bearer tokens, verified against the issuer's JWKS (`jwks_url`, cached) or a JWKS file."""
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    # Asymmetric only: `none` and HMAC (the public-key-as-secret confusion) are never accepted.
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list(_DEFAULT_ALGORITHMS))
+    leeway_s: float = Field(default=30.0, ge=0, le=300)  # clock skew allowed on exp, nbf, iat
+    jwks_ttl_s: float = Field(default=300.0, gt=0)  # refetched this often
+    # An unknown `kid` refetches the JWKS at most once per this interval: a flood of made-up
+    # kids costs the issuer one request per interval, not one per call.
+    jwks_min_refresh_s: float = Field(default=10.0, gt=0)
+    # Claim names for the principal's fields (roles: a list or a space-separated string).
+    claims: dict[ClaimField, str] = Field(default_factory=lambda: dict(_DEFAULT_CLAIMS))
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url and jwks_file")
+        return self
+
+
 class Who(_Strict):
     """A principal matches when any listed value of any kind matches; empty = everybody."""
 
@@ -72,9 +107,10 @@ class AuthConfig(_Strict):
     allowed (and the gateway must listen on loopback, unless server.allow_unauthenticated)."""
 
     # Tried in this order; the first that recognises the credential decides.
-    authenticators: list[Literal["api_key", "mtls"]] = Field(default_factory=list)
+    authenticators: list[Literal["api_key", "mtls", "jwt"]] = Field(default_factory=list)
     api_keys: ApiKeysConfig | None = None
     mtls: MtlsConfig | None = None
+    jwt: JwtConfig | None = None
     # With authenticators configured: may a call without any credential go on, as anonymous?
     allow_anonymous: bool = False
     # What a call that matches no rule gets.
@@ -89,6 +125,10 @@ class AuthConfig(_Strict):
             raise ValueError("authenticator api_key needs an api_keys section (api_keys: {file: keys.yaml})")
         if "mtls" in self.authenticators and self.mtls is None:
             raise ValueError("authenticator mtls needs an mtls section (mtls: {identities: [...]})")
+        if "jwt" in self.authenticators and self.jwt is None:
+            raise ValueError(
+                "authenticator jwt needs a jwt section (issuer, audience, jwks_url or jwks_file)"
+            )
         if len(set(self.authenticators)) != len(self.authenticators):
             raise ValueError("each authenticator may be listed once")
         return self
