@@ -9,6 +9,8 @@ concurrency 1 and 64:
   meshgate    h2load -> meshgate (1 process), its KServe v2 door -> backend
   meshgate-v1 the same gateway, called through meshgate.v1.Inference/Infer (typed API: converts)
   meshgate-2w h2load -> meshgate --workers 2  -> backend
+  meshgate-apikey  meshgate with auth: an API key in `authorization` metadata, a rule to pass
+  meshgate-jwt     meshgate with auth: an ES256 JWT (verified once, then cached until it expires)
   meshgate-before  with --baseline REV: the gateway of that commit, same config, same run
   nginx       h2load -> nginx grpc_pass (1 worker, the C reference) -> backend
 
@@ -167,14 +169,14 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
-def verify(port: int, body: Path, method: str) -> None:
+def verify(port: int, body: Path, method: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
     """One real gRPC call: grpc-status OK and a decodable response with the output."""
     payload = body.read_bytes()[5:]
     deadline = time.monotonic() + 30
     while True:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                raw = ch.unary_unary(method)(payload, timeout=2)
+                raw = ch.unary_unary(method)(payload, timeout=2, metadata=headers)
             if method == METHOD:
                 resp = pb.ModelInferResponse.FromString(raw)
                 assert resp.model_name == "bench" and len(resp.raw_output_contents) == 1
@@ -191,7 +193,13 @@ def verify(port: int, body: Path, method: str) -> None:
 
 
 def h2load(
-    port: int, body: Path, concurrency: int, seconds: float, work: Path, method: str
+    port: int,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    work: Path,
+    method: str,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, float]:
     conns, streams = (1, 1) if concurrency == 1 else (8, concurrency // 8)
     log = work / f"h2load-{port}-{concurrency}.tsv"
@@ -214,6 +222,7 @@ def h2load(
         "content-type: application/grpc",
         "-H",
         "te: trailers",
+        *[arg for name, value in headers for arg in ("-H", f"{name}: {value}")],
         "--log-file",
         str(log),
         f"http://127.0.0.1:{port}{method}",
@@ -235,11 +244,54 @@ def h2load(
     }
 
 
-def meshgate_config(work: Path, port: int, backend: int, label: str) -> Path:
+def auth_setups(work: Path) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """path name -> (its auth config YAML, the metadata a caller sends)."""
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.policy.auth.keys import KeyEntry, digest, locked, new_key
+
+    keys_file = work / "keys.yaml"
+    key_id, key = new_key()
+    with locked(keys_file) as entries:
+        entries[key_id] = KeyEntry(
+            id=key_id, hash=digest(key), user="bench", project="bench", roles=("bench",)
+        )
+    signing = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(signing.public_key()))
+    (work / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    token = pyjwt.encode(
+        {
+            "iss": "bench",
+            "aud": "meshgate",
+            "sub": "bench",
+            "roles": ["bench"],
+            "exp": int(time.time()) + 7200,
+        },
+        signing,
+        "ES256",
+        headers={"kid": "k1"},
+    )
+    rules = "default: deny, rules: [{who: {roles: [bench]}}]"
+    return {
+        "meshgate-apikey": (
+            f"auth: {{authenticators: [api_key], api_keys: {{file: '{keys_file}'}}, {rules}}}",
+            (("authorization", f"Bearer {key}"),),
+        ),
+        "meshgate-jwt": (
+            f"auth: {{authenticators: [jwt], jwt: {{issuer: bench, audience: meshgate,"
+            f" jwks_file: '{work / 'jwks.json'}'}}, {rules}}}",
+            (("authorization", f"Bearer {token}"),),
+        ),
+    }
+
+
+def meshgate_config(work: Path, port: int, backend: int, label: str, auth: str = "") -> Path:
     path = work / f"meshgate-{label}.yaml"
     path.write_text(
         f"""
 log_level: WARNING
+{auth}
 server: {{listen: "127.0.0.1:{port}"}}
 metrics: {{listen: "127.0.0.1:0"}}
 pools:
@@ -285,9 +337,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gateways = [("meshgate", 1, ROOT), ("meshgate-2w", 2, ROOT)]
         if baseline is not None:
             gateways.insert(1, ("meshgate-before", 1, baseline))
+        auths = auth_setups(work) if args.auth else {}
+        gateways += [(name, 1, ROOT) for name in auths]
         for name, workers, tree in gateways:
             p = free_port()
-            cfg = meshgate_config(work, p, backend_port, f"{label}-{name}")
+            cfg = meshgate_config(work, p, backend_port, f"{label}-{name}", auths.get(name, ("", ()))[0])
             cmd = [py, "-m", "gateway", "serve", "--config", str(cfg), "--workers", str(workers)]
             targets[name] = (p, start(cmd, work / f"{name}.log", cwd=tree))
             if name == "meshgate":
@@ -299,7 +353,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             for name, (port, _) in targets.items():
-                verify(port, *((v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)))
+                headers = auths.get(name, ("", ()))[1]
+                verify(port, *((v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)), headers)
             for conc in args.concurrency:
                 # Rounds interleave the paths so that drift (other load, CPU placement) hits all
                 # of them alike; each figure is the median over rounds.
@@ -308,7 +363,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for name, (port, proc) in targets.items():
                         cpu0 = group_cpu_seconds(proc.pid) if proc else 0.0
                         load = (v1_body, V1_METHOD) if name == "meshgate-v1" else (body, METHOD)
-                        stats = h2load(port, load[0], conc, args.seconds, work, load[1])
+                        headers = auths.get(name, ("", ()))[1]
+                        stats = h2load(port, load[0], conc, args.seconds, work, load[1], headers)
                         if proc:
                             # CPU of the proxy (all its processes) per call, warm-up included.
                             used = group_cpu_seconds(proc.pid) - cpu0
@@ -361,6 +417,14 @@ def report(results: dict[str, Any]) -> str:
             f"| {key} | {added_mg / added_bare:.2f} | {mg['rps'] / bare['rps']:.2f} | {mg['rps'] / ng['rps']:.2f} |"
             f" {row['meshgate-v1']['rps'] / bare['rps']:.2f} | {row['meshgate-2w']['rps'] / mg['rps']:.2f} |{versus}"
         )
+    auth_rows = [
+        f"| {key} | {name} | {row[name]['rps'] / row['meshgate']['rps']:.2f} |"
+        f" {(row[name]['p50_ms'] - row['meshgate']['p50_ms']) * 1000:+.0f} |"
+        f" {(row[name]['cpu_ms_per_call'] - row['meshgate']['cpu_ms_per_call']) * 1000:+.0f} |"
+        for key, row in results.items()
+        for name in ("meshgate-apikey", "meshgate-jwt")
+        if name in row
+    ]
     with_before = any("meshgate-before" in row for row in results.values())
     extra = " before/bare added p50 | before/bare req/s | CPU ms/call now - before |" if with_before else ""
     lines += [
@@ -370,6 +434,13 @@ def report(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if with_before else ""),
         *summary,
     ]
+    if auth_rows:
+        lines += [
+            "",
+            "| payload / concurrency | authenticated path | req/s vs no auth | added p50 us | CPU us/call added |",
+            "|---|---|---:|---:|---:|",
+            *auth_rows,
+        ]
     return "\n".join(lines)
 
 
@@ -386,6 +457,7 @@ def main() -> int:
         metavar="REV",
         help="also run the gateway of git revision REV (a worktree), side by side: meshgate-before",
     )
+    ap.add_argument("--no-auth", dest="auth", action="store_false", help="leave out the authenticated paths")
     args = ap.parse_args()
     print(
         f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.rounds} rounds of {args.seconds:g} s per path",

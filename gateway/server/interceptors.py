@@ -159,16 +159,27 @@ class FrontDoor:
         )
         return ctx, authorization
 
-    async def _admit(
+    def _admit(
         self, ctx: RequestContext, authorization: str, context: Context, by_model: bool
-    ) -> RequestContext:
-        """`ctx` with the caller's principal; raises UNAUTHENTICATED / PERMISSION_DENIED."""
+    ) -> RequestContext | Awaitable[RequestContext]:
+        """`ctx` with the caller's principal (an awaitable of it in the rare case that the
+        authenticator must fetch first, e.g. an issuer's new keys); raises UNAUTHENTICATED /
+        PERMISSION_DENIED."""
         if self._authn is not None:
             principal = self._authn.authenticate(authorization, context)
-            if not isinstance(principal, Principal):  # rare: the authenticator must fetch first
-                principal = await principal
+            if not isinstance(principal, Principal):
+                return self._admit_later(ctx, principal, by_model)
             ctx = ctx._replace(principal=principal)
             bind(ctx)
+        if self._rules is not None and not by_model:
+            self._rules.check(ctx.principal, ctx.method, None)
+        return ctx
+
+    async def _admit_later(
+        self, ctx: RequestContext, principal: Awaitable[Principal], by_model: bool
+    ) -> RequestContext:
+        ctx = ctx._replace(principal=await principal)
+        bind(ctx)
         if self._rules is not None and not by_model:
             self._rules.check(ctx.principal, ctx.method, None)
         return ctx
@@ -187,7 +198,8 @@ class FrontDoor:
             code = grpc.StatusCode.UNKNOWN
             try:
                 if self._admits:
-                    ctx = await self._admit(ctx, authorization, context, by_model)
+                    admitted = self._admit(ctx, authorization, context, by_model)
+                    ctx = admitted if isinstance(admitted, RequestContext) else await admitted
                 if type(request) is Undecodable:
                     raise self._bodies.undecodable(method, message, request)
                 response = await inner(request, context)

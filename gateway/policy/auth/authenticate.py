@@ -25,6 +25,7 @@ from .keys import PREFIX, KeyStore
 from .mtls import MtlsAuthenticator
 
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+_MAX_VERIFIED = 100_000
 Loop = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
 
@@ -59,6 +60,7 @@ class ApiKeyAuthenticator:
         self._store = store
         self._reload_s = reload_s
         self._principals: dict[str, Principal] = {}
+        self._verified: dict[str, tuple[Principal, float | None]] = {}  # key -> (principal, expiry)
         self._for: dict[str, Any] | None = None  # the entries the principals were built from
 
     def authenticate(
@@ -66,11 +68,16 @@ class ApiKeyAuthenticator:
     ) -> Principal | None:
         if bearer is None or not bearer.startswith(PREFIX):
             return None
+        if self._for is not self._store.entries:  # the file was reloaded: forget what was verified
+            self._principals, self._verified, self._for = {}, {}, self._store.entries
+        # A key verified before is not hashed again until the file changes; its expiry is
+        # still checked. (Keys are 256 random bits: a dict lookup on one reveals nothing.)
+        seen = self._verified.get(bearer)
+        if seen is not None and (seen[1] is None or now < seen[1]):
+            return seen[0]
         entry, why = self._store.check(bearer, now)
         if entry is None:
             raise unauthenticated(why)
-        if self._for is not self._store.entries:
-            self._principals, self._for = {}, self._store.entries
         principal = self._principals.get(entry.id)
         if principal is None:
             principal = self._principals[entry.id] = Principal(
@@ -81,6 +88,9 @@ class ApiKeyAuthenticator:
                 auth="api_key",
                 credential_id=entry.id,
             )
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[bearer] = (principal, entry.expires_at)
         return principal
 
     def loops(self) -> list[Loop]:
