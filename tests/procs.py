@@ -319,6 +319,16 @@ class Gateway(Proc):
         wait_until(lambda: self._started(), 20, "gateway to listen")
         return self
 
+    def serve_once(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`meshgate serve` with this config, in the foreground: for start-ups that must fail."""
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path), *extra],
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+            timeout=30,
+        )
+
     def _started(self) -> bool:
         if not self.alive():
             raise RuntimeError(f"gateway exited early:\n{self.log()[-3000:]}")
@@ -373,3 +383,19 @@ def pool_config(pools: dict[str, list[tuple[str, str, list[str]]]], **extra: Any
         }
     out.update(extra)
     return out
+
+
+def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`meshgate keys ...`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", *args], capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+
+
+def make_key(path: Path, *args: str) -> str:
+    """A new API key in the keys file `path` (`meshgate keys create`); the key itself."""
+    out = keys_cli("create", "--file", str(path), *args)
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip()
+    assert key.startswith("mgk_") and len(key) > 50
+    return key

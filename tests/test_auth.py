@@ -5,8 +5,6 @@ authorisation matrix, the audit log, secure defaults, and no key material in any
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.config import ConfigError, parse_config
 from tests.helpers import add_sub_request, infer, metric_value
-from tests.procs import ROOT, Gateway, Triton, pool_config, wait_until
+from tests.procs import Gateway, Triton, keys_cli, make_key, pool_config, wait_until
 
 RULES = [
     {"who": {"roles": ["ml-eng"]}},  # everything
@@ -32,20 +30,6 @@ RULES = [
     {"who": {"projects": ["ads"]}, "methods": ["ListModels"]},
     {"effect": "deny", "who": {"departments": ["sales"]}},
 ]
-
-
-def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", *args], capture_output=True, text=True, cwd=ROOT, timeout=30
-    )
-
-
-def make_key(path: Path, *args: str) -> str:
-    out = keys_cli("create", "--file", str(path), *args)
-    assert out.returncode == 0, out.stderr
-    key = out.stdout.strip()
-    assert key.startswith("mgk_") and len(key) > 50
-    return key
 
 
 class World:
@@ -278,13 +262,7 @@ def test_a_missing_keys_file_stops_start_up_with_its_name(tmp_path: Path, triton
         auth={"authenticators": ["api_key"], "api_keys": {"file": str(tmp_path / "missing.yaml")}},
     )
     gw = Gateway(config)
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    out = gw.serve_once()
     assert out.returncode == 1
     assert f"meshgate: {tmp_path / 'missing.yaml'}: cannot read the keys file" in out.stderr
     assert "Traceback" not in out.stderr

@@ -214,13 +214,7 @@ def test_another_process_cannot_take_the_port(triton_a: Triton) -> None:
     try:
         first.wait_serving("p")
         for extra in ([], ["--workers", "2"]):
-            second = subprocess.run(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(first.config_path), *extra],
-                cwd=str(ROOT),
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            second = first.serve_once(*extra)
             assert second.returncode == 1, (extra, second.stderr)
             assert (
                 f"cannot listen on {first.address}: address in use, held by pid {first.proc.pid}"
@@ -248,13 +242,7 @@ def test_a_taken_metrics_port_is_named(triton_a: Triton) -> None:
                 {"p": [("triton-a", triton_a.address, ["add_sub"])]}, metrics={"listen": f"127.0.0.1:{port}"}
             )
         )
-        out = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
-            cwd=str(ROOT),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = gw.serve_once()
     assert out.returncode == 1
     assert (
         f"metrics: cannot listen on 127.0.0.1:{port}: address in use, held by pid {os.getpid()}" in out.stderr

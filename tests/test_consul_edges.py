@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -139,3 +140,20 @@ def test_registration_survives_an_agent_that_answers_404_or_nothing(triton_a: Tr
     finally:
         gw.stop()
         standin.close()
+
+
+def test_the_consul_token_is_masked_like_a_provider_key(tmp_path: Path) -> None:
+    from adapters.scrub import clean_message
+    from gateway.config import parse_config
+    from gateway.server.app import Gateway as GatewayApp
+
+    token = "5e2c9f0a-41b7-4d3e-9c1f-0a7d2b6e8c41"
+    (tmp_path / "token").write_text(token + "\n")
+    config = parse_config(
+        f"discovery: {{consul: {{address: '127.0.0.1:1', token_file: '{tmp_path / 'token'}'}}}}",
+        "t.yaml",
+        env={},
+    )
+    GatewayApp(config)  # reads the token as it wires the Consul source
+    text = clean_message(f"consul answered 403 for X-Consul-Token {token} (prefix {token[:13]})")
+    assert token[:8] not in text and token[-8:] not in text, text

@@ -4,11 +4,8 @@ tritonclient over TLS with a bearer key."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certs import CA, write
 from tests.helpers import add_sub_request, infer
-from tests.procs import ROOT, Gateway, Triton, pool_config, wait_until
+from tests.procs import Gateway, Triton, make_key, pool_config, wait_until
 
 SPIFFE = "spiffe://mesh.test/ns/search/sa/ranker"
 
@@ -182,14 +179,7 @@ def test_certificate_rotation_keeps_open_channels(pki: Pki, triton_a: Triton, tm
 
 def test_tritonclient_over_tls_with_a_bearer_key(pki: Pki, triton_a: Triton, tmp_path: Path) -> None:
     keys = tmp_path / "keys.yaml"
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", "create", "--file", str(keys), "--user", "nb"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
-    key = out.stdout.strip()
+    key = make_key(keys, "--user", "nb")
     gw = tls_gateway(pki, triton_a, keys_file=keys)
     try:
         client = tc.InferenceServerClient(
@@ -215,14 +205,7 @@ def test_unreadable_certificates_stop_start_up_with_their_name(
         server={"tls": {"cert_file": str(tmp_path / "nope.crt"), "key_file": str(pki.server[1])}},
     )
     gw = Gateway(config)
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        env=dict(os.environ),
-    )
+    out = gw.serve_once()
     assert out.returncode == 1
     assert "server.tls:" in out.stderr and "nope.crt" in out.stderr
     assert "Traceback" not in out.stderr

@@ -24,8 +24,9 @@ from tritonclient.grpc import service_pb2 as kserve_pb
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from adapters import REGISTRY
+from adapters.scrub import register_secret
 from discovery import DiscoverySource, StaticSource
-from discovery.consul import ConsulSource
+from discovery.consul import ConsulSource, resolve_token
 from discovery.registration import ConsulRegistrar
 
 from ..config import Config
@@ -97,6 +98,8 @@ class Gateway:
         self.consul: ConsulSource | None = None
         if config.discovery.consul is not None:
             self.consul = ConsulSource(config.discovery.consul, REGISTRY.keys())
+            with contextlib.suppress(OSError):  # an unreadable token file is the watcher's to report
+                register_secret(resolve_token(config.discovery.consul))  # masked in every message
             self.sources.append(self.consul)
         self.registrar: ConsulRegistrar | None = None
         self.metrics.watch_endpoints(self.table.states)

@@ -165,23 +165,27 @@ class FrontDoor:
         """`ctx` with the caller's principal (an awaitable of it in the rare case that the
         authenticator must fetch first, e.g. an issuer's new keys); raises UNAUTHENTICATED /
         PERMISSION_DENIED."""
+        principal = ctx.principal
         if self._authn is not None:
-            principal = self._authn.authenticate(authorization, context)
-            if not isinstance(principal, Principal):
-                return self._admit_later(ctx, principal, by_model)
-            ctx = ctx._replace(principal=principal)
-            bind(ctx)
-        if self._rules is not None and not by_model:
-            self._rules.check(ctx.principal, ctx.method, None)
-        return ctx
+            found = self._authn.authenticate(authorization, context)
+            if not isinstance(found, Principal):
+                return self._admit_later(ctx, found, by_model)
+            principal = found
+        return self._admitted(ctx, principal, by_model)
 
     async def _admit_later(
         self, ctx: RequestContext, principal: Awaitable[Principal], by_model: bool
     ) -> RequestContext:
-        ctx = ctx._replace(principal=await principal)
-        bind(ctx)
+        return self._admitted(ctx, await principal, by_model)
+
+    def _admitted(self, ctx: RequestContext, principal: Principal, by_model: bool) -> RequestContext:
+        """`ctx` as `principal`'s, bound for the handler; a method that names no model is
+        authorised here (PERMISSION_DENIED)."""
+        if principal is not ctx.principal:
+            ctx = ctx._replace(principal=principal)
+            bind(ctx)
         if self._rules is not None and not by_model:
-            self._rules.check(ctx.principal, ctx.method, None)
+            self._rules.check(principal, ctx.method, None)
         return ctx
 
     def _unary(

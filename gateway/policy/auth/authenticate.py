@@ -5,8 +5,8 @@ its servicer context (for the TLS peer). The configured authenticators are tried
 first that recognises the credential decides (an `mgk_` key goes to the API key authenticator, a
 mapped client certificate to mtls). What is refused gets UNAUTHENTICATED
 with the reason (missing, malformed, unknown, revoked, expired) and never the credential itself.
-Principals are built once per key and reused, so a verified call costs a SHA-256 and two dict
-lookups.
+A key verified once is remembered (with its principal) until the keys file changes, so a call
+with it costs a dict lookup; a new key costs a SHA-256 and two lookups.
 """
 
 from __future__ import annotations
@@ -59,9 +59,8 @@ class ApiKeyAuthenticator:
     def __init__(self, store: KeyStore, reload_s: float) -> None:
         self._store = store
         self._reload_s = reload_s
-        self._principals: dict[str, Principal] = {}
         self._verified: dict[str, tuple[Principal, float | None]] = {}  # key -> (principal, expiry)
-        self._for: dict[str, Any] | None = None  # the entries the principals were built from
+        self._for: dict[str, Any] | None = None  # the entries those keys were verified against
 
     def authenticate(
         self, bearer: str | None, context: Any, now: float, hints: list[str]
@@ -69,7 +68,7 @@ class ApiKeyAuthenticator:
         if bearer is None or not bearer.startswith(PREFIX):
             return None
         if self._for is not self._store.entries:  # the file was reloaded: forget what was verified
-            self._principals, self._verified, self._for = {}, {}, self._store.entries
+            self._verified, self._for = {}, self._store.entries
         # A key verified before is not hashed again until the file changes; its expiry is
         # still checked. (Keys are 256 random bits: a dict lookup on one reveals nothing.)
         seen = self._verified.get(bearer)
@@ -78,16 +77,14 @@ class ApiKeyAuthenticator:
         entry, why = self._store.check(bearer, now)
         if entry is None:
             raise unauthenticated(why)
-        principal = self._principals.get(entry.id)
-        if principal is None:
-            principal = self._principals[entry.id] = Principal(
-                user=entry.user,
-                project=entry.project,
-                department=entry.department,
-                roles=frozenset(entry.roles),
-                auth="api_key",
-                credential_id=entry.id,
-            )
+        principal = Principal(
+            user=entry.user,
+            project=entry.project,
+            department=entry.department,
+            roles=frozenset(entry.roles),
+            auth="api_key",
+            credential_id=entry.id,
+        )
         if len(self._verified) >= _MAX_VERIFIED:
             self._verified.clear()
         self._verified[bearer] = (principal, entry.expires_at)

@@ -110,9 +110,9 @@ def read_entries(path: Path) -> dict[str, KeyEntry]:
                 project=str(item.get("project", "")),
                 department=str(item.get("department", "")),
                 roles=tuple(str(r) for r in item.get("roles", [])),
-                expires_at=_epoch(item["expires"]) if item.get("expires") else None,
+                expires_at=parse_time(item["expires"]) if item.get("expires") else None,
                 revoked=bool(item.get("revoked", False)),
-                created_at=_epoch(item["created"]) if item.get("created") else 0.0,
+                created_at=parse_time(item["created"]) if item.get("created") else 0.0,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise KeyFileError(f"{path}: keys[{i}]: {type(err).__name__}: {err}") from None
@@ -210,10 +210,6 @@ def _iso(epoch: float) -> str:
 
 def parse_time(value: Any) -> float:
     """An ISO 8601 time (UTC unless it says otherwise) -> seconds since the epoch."""
-    return _epoch(value)
-
-
-def _epoch(value: Any) -> float:
     if isinstance(value, datetime):
         stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
         return stamp.timestamp()
