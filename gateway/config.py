@@ -337,7 +337,7 @@ def _loopback(listen: str) -> bool:
         return False
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid configuration ({err.error_count()} error(s)):"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -377,7 +377,7 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(format_errors(source, err)) from None
 
 
 def load_config(path: str | None, env: dict[str, str] | None = None) -> tuple[Config, str]:

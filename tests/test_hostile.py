@@ -1,5 +1,5 @@
 """Hostile input through both doors of the real gateway: undecodable bodies, mutated messages,
-extreme names, shapes and parameters over every RPC (a hypothesis fuzz, ~30 s), and a provider
+extreme names, shapes and parameters over every RPC, Admin's included (a hypothesis fuzz, ~30 s), and a provider
 that echoes the gateway's key in odd shapes.
 
 What must hold: no UNKNOWN, no INTERNAL unless a backend said so (its message names it), no
@@ -21,7 +21,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, models_pb2
+from meshgate.v1 import admin_pb2, generate_pb2, inference_pb2, inference_pb2_grpc, models_pb2
 from tritonclient.grpc import service_pb2 as kpb
 
 from adapters.scrub import PIECE
@@ -33,6 +33,7 @@ SERVICES = [
     inference_pb2.DESCRIPTOR.services_by_name["Inference"],
     models_pb2.DESCRIPTOR.services_by_name["Models"],
     kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"],
 ]
 METHODS = [(f"/{svc.full_name}/{m.name}", m) for svc in SERVICES for m in svc.methods]
 NAMES = [

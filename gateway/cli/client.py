@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +24,8 @@ from meshgate.v1 import (
 
 from adapters.kserve_wire import CONTENTS_FIELD
 from adapters.tensor_codec import NUMPY_DTYPES, decode_raw, encode_numpy
+
+DEFAULT_TARGET = "127.0.0.1:8700"
 
 
 class UsageError(Exception):
@@ -108,8 +112,47 @@ def _metadata(api_key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
-def models(target: str, timeout: float, as_json: bool, api_key: str = "") -> int:
-    with grpc.insecure_channel(target) as channel:
+def add_connection_arguments(q: argparse.ArgumentParser) -> None:
+    """--target, --api-key, TLS and --timeout: how every client command reaches the gateway."""
+    env = os.environ.get
+    q.add_argument("--target", default=env("MESHGATE_TARGET", DEFAULT_TARGET), help="gateway host:port")
+    q.add_argument(
+        "--api-key",
+        default=env("MESHGATE_API_KEY", ""),
+        help="sent as `authorization: Bearer ...` (default $MESHGATE_API_KEY)",
+    )
+    q.add_argument(
+        "--tls-ca",
+        default=env("MESHGATE_TLS_CA", ""),
+        help="connect with TLS, trusting this CA file (default $MESHGATE_TLS_CA; none: plaintext)",
+    )
+    q.add_argument("--tls-cert", default=env("MESHGATE_TLS_CERT", ""), help="client certificate (mTLS)")
+    q.add_argument("--tls-key", default=env("MESHGATE_TLS_KEY", ""), help="its private key (mTLS)")
+    q.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+
+
+def connect(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to `args.target`: TLS when a CA or client certificate is given, else plaintext.
+    UsageError when a file cannot be read."""
+    ca, cert, key = args.tls_ca, args.tls_cert, args.tls_key
+    if not (ca or cert):
+        return grpc.insecure_channel(args.target)
+    if bool(cert) != bool(key):
+        raise UsageError("--tls-cert and --tls-key go together")
+
+    def read(path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes() if path else None
+        except OSError as err:
+            raise UsageError(f"{path}: {err.strerror}") from None
+
+    creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+    return grpc.secure_channel(args.target, creds)
+
+
+def models(args: argparse.Namespace) -> int:
+    timeout, as_json, api_key = args.timeout, args.json, args.api_key
+    with connect(args) as channel:
         try:
             resp = models_pb2_grpc.ModelsStub(channel).ListModels(
                 models_pb2.ListModelsRequest(), timeout=timeout, metadata=_metadata(api_key)
@@ -132,9 +175,10 @@ def models(target: str, timeout: float, as_json: bool, api_key: str = "") -> int
     return 0
 
 
-def model_endpoints(target: str, model: str, timeout: float, as_json: bool, api_key: str = "") -> int:
+def model_endpoints(args: argparse.Namespace) -> int:
     """One model's endpoints and what the scheduler sees of each (why traffic goes where)."""
-    with grpc.insecure_channel(target) as channel:
+    model, timeout, as_json, api_key = args.model, args.timeout, args.json, args.api_key
+    with connect(args) as channel:
         try:
             resp = models_pb2_grpc.ModelsStub(channel).GetModel(
                 models_pb2.GetModelRequest(name=model), timeout=timeout, metadata=_metadata(api_key)
@@ -191,7 +235,7 @@ def infer(args: argparse.Namespace) -> int:
             ),
         ),
     )
-    with grpc.insecure_channel(target := args.target) as channel:
+    with connect(args) as channel:
         try:
             resp = inference_pb2_grpc.InferenceStub(channel).Infer(
                 req, timeout=args.timeout, metadata=_metadata(args.api_key)
@@ -227,7 +271,7 @@ def infer(args: argparse.Namespace) -> int:
         return 0
     version = f" v{resp.model_version}" if resp.model_version else ""
     print(
-        f"{resp.model}{version} answered by {route.pool}/{route.endpoint} ({route.backend}) via meshgate at {target}"
+        f"{resp.model}{version} answered by {route.pool}/{route.endpoint} ({route.backend}) via meshgate at {args.target}"
     )
     if route.skipped:
         print(f"  passed over: {', '.join(route.skipped)}")

@@ -3,6 +3,7 @@
 meshgate serve [--config F] [--workers N]
 meshgate check-config F
 meshgate models [MODEL] [--target HOST:PORT] [--json]
+meshgate admin pools | drain POOL ID | undrain POOL ID | reload | principals
 meshgate infer --model M --input NAME:DTYPE:SHAPE=1,2,3 [--input NAME:DTYPE=@x.npy] [--json]
 """
 
@@ -24,8 +25,6 @@ from ..config import ConfigError, load_config
 from ..policy.auth.keys import KeyFileError
 from ..server import ports
 
-DEFAULT_TARGET = "127.0.0.1:8700"
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshgate", description="meshgate: gRPC inference mesh gateway")
@@ -44,18 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(sub)
     keys.add_arguments(sub)
 
+    from . import admin
+    from .client import add_connection_arguments
+
+    admin.add_arguments(sub)
     for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
         q = sub.add_parser(name, help=help_)
-        q.add_argument(
-            "--target", default=os.environ.get("MESHGATE_TARGET", DEFAULT_TARGET), help="gateway host:port"
-        )
+        add_connection_arguments(q)
         q.add_argument("--json", action="store_true", help="print JSON")
-        q.add_argument(
-            "--api-key",
-            default=os.environ.get("MESHGATE_API_KEY", ""),
-            help="sent as `authorization: Bearer ...` (default $MESHGATE_API_KEY)",
-        )
-        q.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
         if name == "models":
             q.add_argument(
                 "model", nargs="?", default="", help="one model: its endpoints and what routing sees of each"
@@ -96,11 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return consul_cli.register(args) if args.command == "register" else consul_cli.deregister(args)
     from . import client
 
-    if args.command == "models":
-        if args.model:
-            return client.model_endpoints(args.target, args.model, args.timeout, args.json, args.api_key)
-        return client.models(args.target, args.timeout, args.json, args.api_key)
-    return client.infer(args)
+    try:
+        if args.command == "admin":
+            from . import admin
+
+            return admin.run(args)
+        if args.command == "models":
+            return client.model_endpoints(args) if args.model else client.models(args)
+        if args.command == "infer":
+            return client.infer(args)
+    except client.UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
 
 
 def _check_config(path: str) -> int:
@@ -140,7 +143,7 @@ def _serve(path: str | None, workers: int) -> int:
         except ImportError:
             logging.getLogger("meshgate").info("uvloop not installed; using asyncio's loop")
     try:
-        result: int = runner(serve(config, name))
+        result: int = runner(serve(config, name, path))
     except (OSError, KeyFileError) as err:
         print(f"meshgate: {err}", file=sys.stderr)
         return 1
@@ -173,5 +176,6 @@ def _serve_workers(path: str | None, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # reload: every worker re-reads the config
     codes = [p.wait() for p in procs]
     return max(codes)

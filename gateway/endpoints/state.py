@@ -118,7 +118,8 @@ class Ejection:
 class EndpointState:
     """One endpoint and what the gateway knows about it now, in groups of one writer each:
 
-        endpoint, adapter, health_checked   the endpoint table (what discovery says)
+        endpoint, adapter, health_checked,  the endpoint table (what discovery says, and the
+        drained                             operator's drains, Admin.DrainEndpoint)
         health                              readiness
         calls                               the scheduler
         scrape                              the load probe
@@ -126,12 +127,13 @@ class EndpointState:
 
     Everyone else reads."""
 
-    __slots__ = ("adapter", "calls", "ejection", "endpoint", "health", "health_checked", "scrape")
+    __slots__ = ("adapter", "calls", "drained", "ejection", "endpoint", "health", "health_checked", "scrape")
 
     def __init__(self, endpoint: Endpoint, adapter: Adapter) -> None:
         self.endpoint = endpoint
         self.adapter = adapter
         self.health_checked = False  # listed by a source that health-checks it (PoolSnapshot)
+        self.drained = False  # out of rotation by an operator: finishes its calls, gets no new ones
         self.health = Health()
         self.calls = Calls()
         self.scrape = Scrape()
@@ -141,8 +143,9 @@ class EndpointState:
         return any(_matches(ref, model, version) for ref in self.endpoint.models)
 
     def ready_for(self, model: str, version: str) -> bool:
+        """Live, the model ready at the last check, and not drained."""
         h = self.health
-        if not h.live:
+        if not h.live or self.drained:
             return False
         if not version and model in h.ready_names:
             return True

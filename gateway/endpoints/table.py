@@ -49,6 +49,9 @@ class EndpointTable:
         # counts by (source, reason) for meshgate_discovery_invalid_entries_total.
         self._rejected: dict[tuple[str, str], tuple[Endpoint, str]] = {}
         self.invalid: dict[tuple[str, str], int] = {}
+        # (pool, id) drained by an operator: kept while the endpoint comes and goes, so a drain
+        # holds across discovery changes and config reloads (not across a restart).
+        self._drained: set[tuple[str, str]] = set()
 
     def apply(self, snap: PoolSnapshot) -> None:
         """Replace what `snap.source` said about `snap.pool`; `on_change` gets the new endpoints."""
@@ -57,6 +60,15 @@ class EndpointTable:
             self._health_checked.add((snap.source, snap.pool))
         else:
             self._health_checked.discard((snap.source, snap.pool))
+        self._rebuild()
+
+    def remove(self, source: str, pool: str) -> None:
+        """Forget what `source` said about `pool` (a static pool dropped by a config reload)."""
+        self._by_source.pop((source, pool), None)
+        self._health_checked.discard((source, pool))
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         wanted: dict[tuple[str, str], Endpoint] = {}
         origin: dict[tuple[str, str], str] = {}  # key -> the source that listed it first
         vouched: set[tuple[str, str]] = set()
@@ -88,6 +100,7 @@ class EndpointTable:
             if old is not None:
                 self._retired.append((old, time.monotonic()))
             self._states[key] = state = EndpointState(ep, adapter)
+            state.drained = key in self._drained
             added.append(state)
             log.info(
                 "endpoint added: pool=%s id=%s address=%s backend=%s", ep.pool, ep.id, ep.address, ep.backend
@@ -133,6 +146,41 @@ class EndpointTable:
                 by_model.setdefault(name, []).append(state)
         self._by_model = by_model
 
+    def drain(self, pool: str, endpoint_id: str, drained: bool) -> EndpointState:
+        """Take the endpoint out of rotation (or put it back). NOT_FOUND when no pool lists it."""
+        state = self._states.get((pool, endpoint_id))
+        if state is None:
+            pools = {p for p, _ in self._states}
+            if pool not in pools:
+                raise GatewayError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"pool: no pool {echo(pool)}{did_you_mean(pool, pools)}",
+                    field="pool",
+                )
+            ids = [i for p, i in self._states if p == pool]
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND,
+                f"endpoint_id: pool {echo(pool)} has no endpoint {echo(endpoint_id)}"
+                f"{did_you_mean(endpoint_id, ids)}",
+                field="endpoint_id",
+            )
+        if drained:
+            self._drained.add((pool, endpoint_id))
+        else:
+            self._drained.discard((pool, endpoint_id))
+        if state.drained != drained:
+            state.drained = drained
+            log.info("endpoint %s: pool=%s id=%s", "drained" if drained else "undrained", pool, endpoint_id)
+            self._on_change([])
+        return state
+
+    def pools(self) -> dict[str, list[EndpointState]]:
+        """Every pool a source lists (empty ones included), with its endpoints."""
+        pools: dict[str, list[EndpointState]] = {pool: [] for _, pool in self._by_source}
+        for (pool, _), state in self._states.items():
+            pools.setdefault(pool, []).append(state)
+        return pools
+
     def take_retired(self, linger_s: float = 60.0) -> list[Adapter]:
         """Adapters of removed endpoints whose in-flight calls have ended (or that lingered
         `linger_s`), for the caller to close. Removed endpoints get no new calls at once."""
@@ -177,7 +225,9 @@ class EndpointTable:
     def pool_ready(self) -> dict[str, bool]:
         ready: dict[str, bool] = {}
         for (pool, _), state in self._states.items():
-            ready[pool] = ready.get(pool, False) or (state.health.live and bool(state.health.ready_models))
+            ready[pool] = ready.get(pool, False) or (
+                state.health.live and bool(state.health.ready_models) and not state.drained
+            )
         for _, pool in self._by_source:
             ready.setdefault(pool, False)
         return ready

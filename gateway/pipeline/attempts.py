@@ -79,6 +79,10 @@ class Attempts:
         self._retry_unavailable = retry_unavailable
         self._on_endpoint_down = on_endpoint_down
 
+    def reconfigure(self, policies: Policies, costs: dict[str, float], retry_unavailable: bool) -> None:
+        """A config reload's aliases, model costs and retry switch (calls under way keep theirs)."""
+        self._policies, self._costs, self._retry_unavailable = policies, costs, retry_unavailable
+
     async def run(self, call: Call, attempt: Attempt[E]) -> tuple[E, Route]:
         """`call`'s answer and the route that produced it. Raises GatewayError when no target
         can answer. `call.ctx.record` follows the attempts."""
@@ -225,7 +229,10 @@ def _no_endpoint(
         )
     pools = sorted({s.endpoint.pool for s in candidates})
     what = f"model {echo(model)}" + (f" version {echo(version)}" if version else "")
-    reasons = "; ".join(f"{s.endpoint.id}: {s.health.message}" for s in candidates[:5])
+    reasons = "; ".join(
+        f"{s.endpoint.id}: {'drained by an operator' if s.drained else s.health.message}"
+        for s in candidates[:5]
+    )
     return GatewayError(
         grpc.StatusCode.UNAVAILABLE,
         f"no ready endpoint for {what} in pool(s) {', '.join(pools)} ({reasons})",

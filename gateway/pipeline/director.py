@@ -77,25 +77,11 @@ class Director:
         self._metrics = metrics
         r = config.routing
         self.scheduler = Scheduler(
-            {n: ProfileSpec(tuple(p.filters), p.scorers, p.picker) for n, p in r.profiles.items()},
-            r.profile,
-            r.pool_profiles,
-            max_age_s=r.load_probe.max_age_s,
-            outlier=OutlierPolicy(**r.outlier.model_dump()),
             pool_states=table.pool_states,
             on_eject=on_eject,
         )
-        self.retry_budget = RetryBudget(r.retry_budget.percent, r.retry_budget.min_per_s)
-        self.policies = Policies(
-            {
-                name: Alias(
-                    tuple((Target(t.model, t.version, t.pool), t.weight) for t in a.split),
-                    tuple(Target(t.model, t.version, t.pool) for t in a.fallback),
-                    a.spill_on_deadline,
-                )
-                for name, a in r.aliases.items()
-            }
-        )
+        self.retry_budget = RetryBudget()
+        self.policies = Policies({})
         self.attempts = Attempts(
             table,
             self.scheduler,
@@ -106,7 +92,37 @@ class Director:
             retry_unavailable=r.retry_unavailable,
             on_endpoint_down=on_endpoint_down,
         )
-        self.stages = build_stages(config, metrics) if stages is None else stages
+        self.reconfigure(config, build_stages(config, metrics) if stages is None else stages)
+
+    def reconfigure(self, config: Config, stages: tuple[Stage, ...]) -> None:
+        """Apply `config`'s routing (profiles, aliases, costs, retries) and this stage list: at
+        start, and on a config reload. A call takes the stages and aliases current when it
+        starts; what the scheduler learned (latency, ejections, loads) stays. ValueError
+        (an unknown profile) changes nothing."""
+        r = config.routing
+        self.scheduler.configure(
+            {n: ProfileSpec(tuple(p.filters), p.scorers, p.picker) for n, p in r.profiles.items()},
+            r.profile,
+            r.pool_profiles,
+            r.load_probe.max_age_s,
+            OutlierPolicy(**r.outlier.model_dump()),
+        )
+        self.retry_budget.percent, self.retry_budget.min_per_s = (
+            r.retry_budget.percent,
+            r.retry_budget.min_per_s,
+        )
+        self.policies = Policies(
+            {
+                name: Alias(
+                    tuple((Target(t.model, t.version, t.pool), t.weight) for t in a.split),
+                    tuple(Target(t.model, t.version, t.pool) for t in a.fallback),
+                    a.spill_on_deadline,
+                )
+                for name, a in r.aliases.items()
+            }
+        )
+        self.attempts.reconfigure(self.policies, r.model_costs, r.retry_unavailable)
+        self.stages = stages
         # How to run each stage, worked out once: (stage, admit, admit is async, settle or None,
         # settle is async).
         self._plan = tuple(

@@ -101,15 +101,17 @@ class Profile:
                 for s in candidates
                 if s.ejection.ejected_until <= now
                 and s.health.live
+                and not s.drained
                 and ((not version and model in s.health.ready_names) or s.ready_for(model, version))
             ]
+        # An operator's drain holds under every profile.
         if len(filters) == 2:
             f1, f2 = filters
-            return [s for s in candidates if f1(s, req, ctx) and f2(s, req, ctx)]
+            return [s for s in candidates if not s.drained and f1(s, req, ctx) and f2(s, req, ctx)]
         if len(filters) == 1:
             f = filters[0]
-            return [s for s in candidates if f(s, req, ctx)]
-        return [s for s in candidates if all(f(s, req, ctx) for f in filters)]
+            return [s for s in candidates if not s.drained and f(s, req, ctx)]
+        return [s for s in candidates if not s.drained and all(f(s, req, ctx) for f in filters)]
 
     def score(self, state: EndpointState, req: RequestInfo, ctx: Context) -> float:
         if len(self.scorers) == 1:
@@ -132,21 +134,35 @@ class Scheduler:
         pool_states: Callable[[str], list[EndpointState]] = lambda pool: [],
         on_eject: Callable[[EndpointState, float], None] = lambda state, seconds: None,
     ) -> None:
+        self.outliers = OutlierDetector(outlier or OutlierPolicy(), pool_states, on_eject)
+        self.configure(profiles, default_profile, pool_profiles, max_age_s, outlier)
+        self.latency_alpha = latency_alpha
+        self.pool_slowness: dict[str, float] = {}  # pool -> slow EWMA of observed / predicted
+        self.pool_units: dict[str, float] = {}  # pool -> EWMA of units per request
+
+    def configure(
+        self,
+        profiles: Mapping[str, ProfileSpec] | None,
+        default_profile: str,
+        pool_profiles: Mapping[str, str] | None,
+        max_age_s: float,
+        outlier: OutlierPolicy | None,
+    ) -> None:
+        """Set (or, on a config reload, replace) the profiles; what calls taught stays.
+        ValueError naming an unknown profile or plugin, and nothing changes."""
         specs = dict(BUILTIN_PROFILES) | dict(profiles or {})
-        self.profiles = {name: Profile(name, spec) for name, spec in specs.items()}
+        built = {name: Profile(name, spec) for name, spec in specs.items()}
         for pool, name in {"*": default_profile, **(pool_profiles or {})}.items():
-            if name not in self.profiles:
+            if name not in built:
                 raise ValueError(
-                    f"pool {pool!r}: unknown profile {name!r}; expected one of {', '.join(self.profiles)}"
+                    f"pool {pool!r}: unknown profile {name!r}; expected one of {', '.join(built)}"
                 )
+        self.profiles = built
         self.default_profile = default_profile
         self.pool_profiles = dict(pool_profiles or {})
         self.max_age_s = max_age_s
-        self.outliers = OutlierDetector(outlier or OutlierPolicy(), pool_states, on_eject)
-        self.latency_alpha = latency_alpha
+        self.outliers.policy = outlier or OutlierPolicy()
         self._profile_of_pool: dict[str, Profile] = {}
-        self.pool_slowness: dict[str, float] = {}  # pool -> slow EWMA of observed / predicted
-        self.pool_units: dict[str, float] = {}  # pool -> EWMA of units per request
 
     def profile_for(self, pool: str) -> Profile:
         profile = self._profile_of_pool.get(pool)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,7 +19,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
-from meshgate.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from meshgate.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 from prometheus_client import CollectorRegistry, start_http_server
 from tritonclient.grpc import service_pb2 as kserve_pb
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
@@ -29,7 +37,7 @@ from discovery import DiscoverySource, StaticSource
 from discovery.consul import ConsulSource, resolve_token
 from discovery.registration import ConsulRegistrar
 
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 from ..endpoints import EndpointState, EndpointTable, default_adapter_maker
 from ..endpoints.readiness import ReadinessChecker
 from ..load import LoadProbe, load_metric_names
@@ -38,9 +46,12 @@ from ..pipeline.director import Director
 from ..pipeline.stages import Stage, build_stages
 from ..policy.auth.authenticate import build_authentication
 from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.auth.keys import KeyFileError
 from . import ports
 from .background import supervise
 from .interceptors import FrontDoor
+from .reload import ReloadPlan, plan_reload, reload_logged
+from .servicers.admin import AdminServicer
 from .servicers.inference import InferenceServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelsServicer
@@ -56,14 +67,20 @@ class Gateway:
     """The composition root: every component is built and wired here, and only here."""
 
     def __init__(
-        self, config: Config, registry: CollectorRegistry | None = None, extra_stages: tuple[Stage, ...] = ()
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        extra_stages: tuple[Stage, ...] = (),
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # re-read by reload(); None: the embedded default
         self.metrics = Metrics(registry or CollectorRegistry())
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_state: dict[str, bool] = {}
         self.authentication = build_authentication(config.auth)
-        self.rules = Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
+        self.rules = _rules(config)
+        self._extra_stages = extra_stages
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -76,12 +93,10 @@ class Gateway:
             self.metrics,
             self.readiness.report_down,
             on_eject=self._on_eject,
-            stages=build_stages(
-                config,
-                self.metrics,
-                extra_stages,
-                authorize=AuthorizeStage(self.rules) if self.rules is not None else None,
-            ),
+            stages=self._stages(config, self.rules),
+        )
+        self.door = FrontDoor(
+            config.server, self.metrics, self.authentication, self.rules, config.auth.audit_log
         )
         probe_cfg = config.routing.load_probe
         self.probe = LoadProbe(
@@ -107,6 +122,7 @@ class Gateway:
             [(self.consul.name, self.consul.stats)] if self.consul is not None else [], self.table.invalid
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._auth_tasks: list[asyncio.Task[Any]] = []  # the authenticators' loops (replaced on reload)
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
         self.port = 0
@@ -131,7 +147,8 @@ class Gateway:
     def _publish_health(self) -> None:
         pools = self.table.pool_ready()
         overall = any(pools.values())
-        for name, ready in [("", overall), *pools.items()]:
+        gone = [(name, False) for name in self._health_state if name and name not in pools]  # reload
+        for name, ready in [("", overall), *pools.items(), *gone]:
             if self._health_state.get(name) != ready:
                 self._health_state[name] = ready
                 if name:
@@ -159,10 +176,11 @@ class Gateway:
             inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
             kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         )
         server = grpc.aio.server(options=options)
         # Every call of ours goes through the front door; health and reflection get the body guard.
-        door = FrontDoor(cfg, self.metrics, self.authentication, self.rules, self.config.auth.audit_log)
+        door = self.door
         door.register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.director), server
         )
@@ -172,6 +190,8 @@ class Gateway:
             KServeServicer(self.director, self.any_ready, self.metrics.models, cfg.default_timeout_s),
             server,
         )
+        admin = AdminServicer(self.table, self.director.scheduler, self._reload_everywhere, self._principals)
+        door.register(admin_pb2_grpc.add_AdminServicer_to_server, admin, server, admin=True)
         door.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, server, front_door=False)
         door.register(
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
@@ -187,8 +207,7 @@ class Gateway:
             self._background(f"discovery:{source.name}", functools.partial(self._follow, source))
         self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
         self._background("load_probe", self.probe.run)
-        for name, loop in self.authentication.loops() if self.authentication is not None else ():
-            self._background(name, loop)
+        self._start_auth_loops()
         await server.start()
         self._server = server
         reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul
@@ -198,6 +217,69 @@ class Gateway:
             host = cfg.listen.rpartition(":")[0].strip("[]")
             self.registrar = ConsulRegistrar(consul_cfg, reg, host, self.port, __version__)
             self._background("registration", self.registrar.run)
+
+    def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
+        authorize = AuthorizeStage(rules) if rules is not None else None
+        return build_stages(config, self.metrics, self._extra_stages, authorize=authorize)
+
+    def _start_auth_loops(self) -> None:
+        for task in self._auth_tasks:
+            task.cancel()
+        self._auth_tasks = []
+        for name, loop in self.authentication.loops() if self.authentication is not None else ():
+            self._background(name, loop)
+            self._auth_tasks.append(self._tasks[-1])
+
+    # -- reload ---------------------------------------------------------------------------
+    def reload(self) -> ReloadPlan:
+        """Re-read the config file and apply what changed (reload.py says what can change live).
+        Everything new is built before anything is swapped: a file that does not load is
+        refused with the start-up error text (ConfigError), and the running config stays. Calls
+        under way finish as they started; the next ones get the new settings."""
+        new, source = load_config(self.config_path)
+        plan = plan_reload(self.config, new, source)
+        cfg = plan.config
+        if not plan.applied:
+            return plan
+        authentication, rules = self.authentication, self.rules
+        if "auth" in plan.applied:  # else keep what the authenticators cached (keys, JWKS)
+            try:
+                authentication = build_authentication(cfg.auth)
+            except KeyFileError as err:
+                raise ConfigError(f"{source}: {err}") from None
+            rules = _rules(cfg)
+        try:
+            self.director.reconfigure(cfg, self._stages(cfg, rules))
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        self.door.use(cfg.server, authentication, rules, cfg.auth.audit_log)
+        if authentication is not self.authentication:
+            self.authentication, self.rules = authentication, rules
+            self._start_auth_loops()
+        new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
+        for snap in self.config.static_snapshots():
+            if snap.pool not in new_static:
+                self.table.remove(snap.source, snap.pool)
+        for snap in new_static.values():
+            self.table.apply(snap)
+        logging.getLogger().setLevel(cfg.log_level)
+        self.config = cfg
+        return plan
+
+    def _reload_everywhere(self) -> ReloadPlan:
+        """reload(); under `serve --workers`, the parent then passes SIGHUP to every worker."""
+        plan = self.reload()
+        if ports.is_worker():
+            os.kill(os.getppid(), signal.SIGHUP)
+        return plan
+
+    def _principals(self) -> list[tuple[Any, ...]]:
+        """(principal, expires_at, revoked, last seen (monotonic) or None) for ListPrincipals."""
+        seen = dict(self.door.seen)
+        known = self.authentication.known() if self.authentication is not None else []
+        rows = [(p, expires, revoked, seen.pop(p, None)) for p, expires, revoked in known]
+        recent = sorted(seen.items(), key=lambda item: -item[1])
+        return rows + [(p, 0.0, False, at) for p, at in recent]
 
     def _bind(self, server: grpc.aio.Server, listen: str) -> None:
         """Bind the gRPC port, or raise OSError saying why (and who holds it)."""
@@ -272,12 +354,17 @@ class Gateway:
             self._http.server_close()
 
 
-async def serve(config: Config, config_name: str) -> int:
-    gateway = Gateway(config)
+def _rules(config: Config) -> Rules | None:
+    return Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
+
+
+async def serve(config: Config, config_name: str, config_path: str | None = None) -> int:
+    gateway = Gateway(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(reload_logged, gateway.reload))
     await gateway.start()
     host = config.server.listen.rpartition(":")[0]
     metrics = ""

@@ -38,7 +38,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import grpc
 
@@ -56,11 +56,13 @@ access = logging.getLogger("meshgate.access")
 audit = logging.getLogger("meshgate.audit")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+Authz = Literal["rules", "model", "admin"]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # not subscriptable at run time
 Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 _OK = grpc.StatusCode.OK
 _REQUEST_ID = "x-request-id"
-_MAX_ID = 128  # a caller's request id longer than this is replaced, not echoed
+_MAX_ID = 128
+_MAX_SEEN = 10_000  # a caller's request id longer than this is replaced, not echoed
 
 
 class FrontDoor:
@@ -72,17 +74,34 @@ class FrontDoor:
         rules: Rules | None = None,
         audit_log: bool = False,
     ) -> None:
-        self._config = config
         self._metrics = metrics
+        self.use(config, authentication, rules, audit_log)
+        # Principals that authenticated lately -> time.monotonic() of their last call (Admin's
+        # ListPrincipals), bounded.
+        self.seen: dict[Principal, float] = {}
+        self._prefix = secrets.token_hex(4)  # request ids: unique per process, then a counter
+        self._counter = itertools.count(1)
+        self._bodies = BodyGuard(metrics)
+        self.guard = self._bodies.guard
+
+    def use(
+        self,
+        config: ServerConfig,
+        authentication: Authentication | None,
+        rules: Rules | None,
+        audit_log: bool,
+    ) -> None:
+        """The settings calls get (at start, and from a config reload): each call reads them as
+        it starts, so a reload never changes a call half way."""
+        self._config = config
         self._authn = authentication
         self._rules = rules
         self._admits = authentication is not None or rules is not None
         self._audit = audit_log and authentication is not None
         self._access_log = config.access_log
-        self._prefix = secrets.token_hex(4)  # request ids: unique per process, then a counter
-        self._counter = itertools.count(1)
-        self._bodies = BodyGuard(metrics)
-        self.guard = self._bodies.guard
+        # With no authenticator the gateway listens on loopback (or was told it may not): the
+        # Admin service is then as open as the rest. Otherwise it needs the `admin` role.
+        self._admin_open = authentication is None and not config.allow_unauthenticated
 
     def register(
         self,
@@ -91,31 +110,34 @@ class FrontDoor:
         server: grpc.aio.Server,
         *,
         front_door: bool = True,
+        admin: bool = False,
     ) -> None:
         """`add_XServicer_to_server(servicer, server)` (generated code), every method wrapped:
-        with the whole front door, or (`front_door=False`: health, reflection) the body guard only."""
+        with the whole front door, or (`front_door=False`: health, reflection) the body guard
+        only. `admin`: every method needs the admin role (the rules do not apply)."""
         routed: frozenset[str] = getattr(servicer, "routed_methods", frozenset())
 
         def wrap(method: str, handler: Any) -> Any:
-            return self.wrap(method, handler, by_model=method in routed)
+            return self.wrap(method, handler, "admin" if admin else "model" if method in routed else "rules")
 
         registrar = _Registrar(server, wrap if front_door else self.guard)
         add_to_server(servicer, registrar)
         registrar.close()
 
-    def wrap(self, method: str, handler: Any, by_model: bool = False) -> Any:
-        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door;
-        `by_model`: the pipeline authorises it, knowing the model."""
+    def wrap(self, method: str, handler: Any, authz: Authz = "rules") -> Any:
+        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door.
+        `authz`: who authorises the call: the rules here, the pipeline knowing the model
+        ("model"), or the admin role ("admin")."""
         message = message_name(handler)
         handler = handler._replace(request_deserializer=decoder(handler.request_deserializer))
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary, by_model))
+            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary, authz))
         if handler.unary_stream is not None or handler.stream_stream is not None:
             inner = handler.unary_stream or handler.stream_stream
             if inspect.isasyncgenfunction(inner):
                 raise TypeError(f"{method}: stream handlers write with context.write, they do not yield")
             if handler.unary_stream is not None:
-                return handler._replace(unary_stream=self._unary(method, message, inner, by_model))
+                return handler._replace(unary_stream=self._unary(method, message, inner, authz))
 
             # Bidirectional (KServe's ModelStreamInfer): an undecodable body in the stream ends
             # it with INVALID_ARGUMENT, raised where the handler reads it.
@@ -129,7 +151,7 @@ class FrontDoor:
                 result: Awaitable[Any] = inner(checked(requests), context)
                 return result
 
-            return handler._replace(stream_stream=self._unary(method, message, bidi, by_model))
+            return handler._replace(stream_stream=self._unary(method, message, bidi, authz))
         raise TypeError(f"{method}: client-streaming methods are not served")
 
     def _context(self, method: str, context: Context, start: float) -> tuple[RequestContext, str]:
@@ -160,7 +182,7 @@ class FrontDoor:
         return ctx, authorization
 
     def _admit(
-        self, ctx: RequestContext, authorization: str, context: Context, by_model: bool
+        self, ctx: RequestContext, authorization: str, context: Context, authz: Authz
     ) -> RequestContext | Awaitable[RequestContext]:
         """`ctx` with the caller's principal (an awaitable of it in the rare case that the
         authenticator must fetch first, e.g. an issuer's new keys); raises UNAUTHENTICATED /
@@ -169,23 +191,34 @@ class FrontDoor:
         if self._authn is not None:
             found = self._authn.authenticate(authorization, context)
             if not isinstance(found, Principal):
-                return self._admit_later(ctx, found, by_model)
+                return self._admit_later(ctx, found, authz)
             principal = found
-        return self._admitted(ctx, principal, by_model)
+        return self._admitted(ctx, principal, authz)
 
     async def _admit_later(
-        self, ctx: RequestContext, principal: Awaitable[Principal], by_model: bool
+        self, ctx: RequestContext, principal: Awaitable[Principal], authz: Authz
     ) -> RequestContext:
-        return self._admitted(ctx, await principal, by_model)
+        return self._admitted(ctx, await principal, authz)
 
-    def _admitted(self, ctx: RequestContext, principal: Principal, by_model: bool) -> RequestContext:
+    def _admitted(self, ctx: RequestContext, principal: Principal, authz: Authz) -> RequestContext:
         """`ctx` as `principal`'s, bound for the handler; a method that names no model is
         authorised here (PERMISSION_DENIED)."""
         if principal is not ctx.principal:
             ctx = ctx._replace(principal=principal)
             bind(ctx)
-        if self._rules is not None and not by_model:
-            self._rules.check(principal, ctx.method, None)
+            seen = self.seen
+            if len(seen) >= _MAX_SEEN and principal not in seen:
+                seen.clear()
+            seen[principal] = time.monotonic()
+        if authz == "rules":
+            if self._rules is not None:
+                self._rules.check(principal, ctx.method, None)
+        elif authz == "admin" and "admin" not in principal.roles and not self._admin_open:
+            who = principal.user or principal.credential_id or "anonymous"
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} may not call {ctx.method}: the admin role is needed",
+            )
         return ctx
 
     def _unary(
@@ -193,7 +226,7 @@ class FrontDoor:
         method: str,
         message: str,
         inner: Callable[[Any, Context], Awaitable[Any]],
-        by_model: bool = False,
+        authz: Authz = "rules",
     ) -> Any:
         async def handle(request: Any, context: Context) -> Any:
             start = time.monotonic()
@@ -201,8 +234,8 @@ class FrontDoor:
             token = bind(ctx)
             code = grpc.StatusCode.UNKNOWN
             try:
-                if self._admits:
-                    admitted = self._admit(ctx, authorization, context, by_model)
+                if self._admits or authz == "admin":
+                    admitted = self._admit(ctx, authorization, context, authz)
                     ctx = admitted if isinstance(admitted, RequestContext) else await admitted
                 if type(request) is Undecodable:
                     raise self._bodies.undecodable(method, message, request)

@@ -21,7 +21,7 @@ import grpc
 from ...errors import GatewayError
 from ...pipeline.context import ANONYMOUS, Principal
 from .config import AuthConfig
-from .keys import PREFIX, KeyStore
+from .keys import PREFIX, KeyEntry, KeyStore
 from .mtls import MtlsAuthenticator
 
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -77,7 +77,15 @@ class ApiKeyAuthenticator:
         entry, why = self._store.check(bearer, now)
         if entry is None:
             raise unauthenticated(why)
-        principal = Principal(
+        principal = self.principal(entry)
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[bearer] = (principal, entry.expires_at)
+        return principal
+
+    @staticmethod
+    def principal(entry: KeyEntry) -> Principal:
+        return Principal(
             user=entry.user,
             project=entry.project,
             department=entry.department,
@@ -85,10 +93,10 @@ class ApiKeyAuthenticator:
             auth="api_key",
             credential_id=entry.id,
         )
-        if len(self._verified) >= _MAX_VERIFIED:
-            self._verified.clear()
-        self._verified[bearer] = (principal, entry.expires_at)
-        return principal
+
+    @property
+    def store(self) -> KeyStore:
+        return self._store
 
     def loops(self) -> list[Loop]:
         async def reload() -> None:
@@ -139,6 +147,15 @@ class Authentication:
 
     def loops(self) -> list[Loop]:
         return [loop for a in self.authenticators for loop in a.loops()]
+
+    def known(self) -> list[tuple[Principal, float, bool]]:
+        """(principal, expiry or 0, revoked) of every key in the keys file, by key id."""
+        rows = []
+        for a in self.authenticators:
+            if isinstance(a, ApiKeyAuthenticator):
+                for entry in sorted(a.store.entries.values(), key=lambda e: e.id):
+                    rows.append((a.principal(entry), entry.expires_at or 0.0, entry.revoked))
+        return rows
 
 
 def build_authentication(config: AuthConfig) -> Authentication | None:

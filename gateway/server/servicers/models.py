@@ -28,46 +28,61 @@ def _model_pb(name: str, states: list[EndpointState]) -> Any:
     )
     for pool_name in sorted(pools):
         members = sorted(pools[pool_name], key=lambda s: s.endpoint.id)
-        pool = model.pools.add(name=pool_name, ready=any(s.ready_for(name, "") for s in members))
-        for s in members:
-            pool.endpoints.add(
-                id=s.endpoint.id,
-                address=s.endpoint.address,
-                backend=s.endpoint.backend,
-                ready=s.ready_for(name, ""),
-                region=s.endpoint.region,
-                in_flight=s.calls.in_flight,
-                status_message=s.health.message,
-                checked_seconds_ago=(now - s.health.checked_at) if s.health.checked_at else -1.0,
-                capacity=s.endpoint.capacity,
-                slots=s.endpoint.slots,
-                outstanding_units=s.calls.units,
-                score=s.calls.score,
-                ejected=s.ejection.ejected_until > now,
-                consecutive_failures=s.ejection.consecutive_failures,
-                latency_per_unit_seconds=s.calls.latency.get(name, 0.0),
-                health_checked=s.health_checked,
-            )
-            load = s.scrape.load
-            if load is not None:
-                ep = pool.endpoints[-1]
-                ep.load.age_seconds = now - load.at
-                for field, value in (
-                    ("gpu_utilization", load.gpu_util),
-                    ("gpu_memory", load.gpu_mem),
-                    ("queue_depth", load.queue_for(name)),
-                    ("running", load.running),
-                    ("kv_cache_usage", load.kv_cache),
-                    ("busy", load.busy),
-                ):
-                    if value is not None:
-                        setattr(ep.load, field, value)
-                shared = s.scrape.shared
-                if shared is not None:
-                    ep.load.others_running = shared.others
-                    ep.load.background_load = shared.background
-                    ep.load.our_share = shared.share
+        model.pools.add(
+            name=pool_name,
+            ready=any(s.ready_for(name, "") for s in members),
+            endpoints=[endpoint_pb(s, name, now) for s in members],
+        )
     return model
+
+
+def endpoint_pb(s: EndpointState, model: str | None, now: float) -> Any:
+    """One endpoint as the Models and Admin services show it: for `model`, or (None) as a whole,
+    with the models it declares."""
+    health, calls, ep = s.health, s.calls, s.endpoint
+    if model is None:
+        ready = health.live and bool(health.ready_models) and not s.drained
+    else:
+        ready = s.ready_for(model, "")
+    pb = models_pb2.Endpoint(
+        id=ep.id,
+        address=ep.address,
+        backend=ep.backend,
+        ready=ready,
+        region=ep.region,
+        in_flight=calls.in_flight,
+        status_message=health.message,
+        checked_seconds_ago=(now - health.checked_at) if health.checked_at else -1.0,
+        capacity=ep.capacity,
+        slots=ep.slots,
+        outstanding_units=calls.units,
+        score=calls.score,
+        ejected=s.ejection.ejected_until > now,
+        consecutive_failures=s.ejection.consecutive_failures,
+        latency_per_unit_seconds=calls.latency.get(model, 0.0) if model is not None else 0.0,
+        health_checked=s.health_checked,
+        drained=s.drained,
+        models=[f"{r.name}:{r.version}" if r.version else r.name for r in ep.models] if model is None else [],
+    )
+    load = s.scrape.load
+    if load is not None:
+        pb.load.age_seconds = now - load.at
+        for field, value in (
+            ("gpu_utilization", load.gpu_util),
+            ("gpu_memory", load.gpu_mem),
+            ("queue_depth", load.queue if model is None else load.queue_for(model)),
+            ("running", load.running),
+            ("kv_cache_usage", load.kv_cache),
+            ("busy", load.busy),
+        ):
+            if value is not None:
+                setattr(pb.load, field, value)
+        shared = s.scrape.shared
+        if shared is not None:
+            pb.load.others_running = shared.others
+            pb.load.background_load = shared.background
+            pb.load.our_share = shared.share
+    return pb
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

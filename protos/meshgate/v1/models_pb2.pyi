@@ -55,7 +55,7 @@ class Pool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ready: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago", "capacity", "slots", "outstanding_units", "score", "ejected", "consecutive_failures", "load", "latency_per_unit_seconds", "health_checked")
+    __slots__ = ("id", "address", "backend", "ready", "region", "in_flight", "status_message", "checked_seconds_ago", "capacity", "slots", "outstanding_units", "score", "ejected", "consecutive_failures", "load", "latency_per_unit_seconds", "health_checked", "drained", "models")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class Endpoint(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     LATENCY_PER_UNIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     backend: str
@@ -90,7 +92,9 @@ class Endpoint(_message.Message):
     load: EndpointLoad
     latency_per_unit_seconds: float
     health_checked: bool
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ..., capacity: _Optional[float] = ..., slots: _Optional[int] = ..., outstanding_units: _Optional[float] = ..., score: _Optional[float] = ..., ejected: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., load: _Optional[_Union[EndpointLoad, _Mapping]] = ..., latency_per_unit_seconds: _Optional[float] = ..., health_checked: _Optional[bool] = ...) -> None: ...
+    drained: bool
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., ready: _Optional[bool] = ..., region: _Optional[str] = ..., in_flight: _Optional[int] = ..., status_message: _Optional[str] = ..., checked_seconds_ago: _Optional[float] = ..., capacity: _Optional[float] = ..., slots: _Optional[int] = ..., outstanding_units: _Optional[float] = ..., score: _Optional[float] = ..., ejected: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., load: _Optional[_Union[EndpointLoad, _Mapping]] = ..., latency_per_unit_seconds: _Optional[float] = ..., health_checked: _Optional[bool] = ..., drained: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EndpointLoad(_message.Message):
     __slots__ = ("gpu_utilization", "gpu_memory", "queue_depth", "running", "kv_cache_usage", "age_seconds", "busy", "others_running", "background_load", "our_share")
