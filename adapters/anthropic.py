@@ -85,7 +85,7 @@ class AnthropicAdapter(HTTPLLMAdapter):
         return body
 
     async def generate(self, call: GenerateCall, timeout: float | None) -> GenerateResult:
-        doc = await self._post("/messages", self._body(call, stream=False), timeout, call.model)
+        doc = await self._post("/messages", self._body(call, stream=False), timeout, call.model, call.headers)
         try:
             blocks = doc.get("content") or []
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
@@ -116,7 +116,11 @@ class AnthropicAdapter(HTTPLLMAdapter):
         deltas = 0
         try:
             async with self._client.stream(
-                "POST", "/messages", json=self._body(call, stream=True), timeout=timeout
+                "POST",
+                "/messages",
+                json=self._body(call, stream=True),
+                timeout=timeout,
+                headers=call.headers or None,
             ) as resp:
                 if resp.status_code != 200:
                     text = (await resp.aread()).decode(errors="replace")

@@ -88,6 +88,9 @@ class InferCall(NamedTuple):
     outputs: tuple[RequestedOutput, ...] = ()
     parameters: Mapping[str, ParamValue] = NO_PARAMS
     wire: Any = None
+    # Sent to the backend with the call, as gRPC metadata or HTTP headers (auth.forward: the
+    # caller's identity for the backend's audit; never the caller's credential).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Decoded = tuple[tuple[Tensor, ...], Mapping[str, ParamValue]]

@@ -25,6 +25,7 @@ import httpx
 from .base import BackendError, InferCall, InferResult, ModelMetadata
 from .llm import Usage
 from .scrub import register_secret
+from .tls import ClientTLS, client_tls
 
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -67,12 +68,14 @@ class HTTPLLMAdapter:
         options = options or {}
         self.options = options
         self.endpoint_id = endpoint_id
-        self.base_url = options.get("base_url") or f"http://{address}/v1"
+        tls = client_tls(options)
+        self.base_url = options.get("base_url") or f"{'https' if tls else 'http'}://{address}/v1"
         headers = {"user-agent": "meshgate"}
         key = read_api_key(options)
         if key:
             headers.update(self._auth_headers(key))
         self._client = Client(
+            tls,
             base_url=self.base_url,
             headers=headers,
             http2=self.base_url.startswith("https"),
@@ -104,10 +107,17 @@ class HTTPLLMAdapter:
     def _transport_error(self, err: httpx.HTTPError, model: str, usage: Usage | None = None) -> BackendError:
         return transport_error(self._where(model), err, usage)
 
-    async def _post(self, path: str, body: dict[str, Any], timeout: float | None, model: str) -> Any:
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        model: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Any:
         """POST JSON; the decoded answer, or BackendError for transport and HTTP errors."""
         try:
-            resp = await self._client.post(path, json=body, timeout=timeout)
+            resp = await self._client.post(path, json=body, timeout=timeout, headers=headers or None)
         except httpx.HTTPError as err:
             raise self._transport_error(err, model) from None
         if resp.status_code != 200:
@@ -189,11 +199,22 @@ def seen_usage(usage: Usage, deltas: int) -> Usage:
 class Client(httpx.AsyncClient):
     """httpx raises RuntimeError when a closed client is used. An adapter can be closed while a
     call or a readiness check races it (an endpoint retired by discovery): that is said as the
-    transport error every HTTP adapter already maps (UNAVAILABLE, retryable)."""
+    transport error every HTTP adapter already maps (UNAVAILABLE, retryable).
+
+    With `tls` (tls.py): the backend's CA and our client certificate, and its server name as
+    SNI and the name its certificate is checked against."""
+
+    def __init__(self, tls: ClientTLS | None, **kwargs: Any) -> None:
+        if tls is not None:
+            kwargs["verify"] = tls.ssl_context()
+        super().__init__(**kwargs)
+        self._sni = tls.server_name if tls is not None else ""
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise httpx.ConnectError("the adapter's connections are closed", request=request)
+        if self._sni:
+            request.extensions["sni_hostname"] = self._sni
         return await super().send(request, **kwargs)
 
 

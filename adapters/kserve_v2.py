@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from . import kserve_wire
 from .base import BackendError, InferCall, InferResult, ModelMetadata, TensorSpec
+from .tls import grpc_channel
 
 # Codes that say "this endpoint cannot serve now; another one may".
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -100,7 +101,7 @@ class KServeV2Adapter:
     ) -> None:
         self.endpoint_id = endpoint_id
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._channel = grpc_channel(address, options or {}, channel_options(max_message_bytes))
         self._stub = _ServiceStub(self._channel, self.service)
 
     # -- errors ---------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class KServeV2Adapter:
                 grpc.StatusCode.INVALID_ARGUMENT, f"model '{call.model}': {err}", retryable=False
             ) from None
         try:
-            resp = await self._stub.ModelInfer(req, timeout=timeout)
+            resp = await self._stub.ModelInfer(req, timeout=timeout, metadata=call.headers or None)
         except RPC_ERRORS as err:
             raise self._error(err, call.model) from None
         return kserve_wire.result_from_response(resp)

@@ -47,6 +47,7 @@ class GenerateCall(NamedTuple):
     tools: tuple[ToolDefinition, ...] = ()
     request_id: str = ""
     metadata: Mapping[str, str] = NO_PARAMS  # type: ignore[assignment]
+    headers: tuple[tuple[str, str], ...] = ()  # as InferCall.headers
 
 
 # Finish reasons, as the API names them (FINISH_REASON_<upper>).
@@ -83,6 +84,7 @@ class EmbedCall(NamedTuple):
     model: str
     inputs: tuple[str, ...]
     dimensions: int = 0
+    headers: tuple[tuple[str, str], ...] = ()  # as InferCall.headers
 
 
 class EmbedResult(NamedTuple):

@@ -32,7 +32,9 @@ class OpenAIAdapter(HTTPLLMAdapter):
     kind: ClassVar[str] = "openai"
 
     async def generate(self, call: GenerateCall, timeout: float | None) -> GenerateResult:
-        doc = await self._post("/chat/completions", _chat_body(call, stream=False), timeout, call.model)
+        doc = await self._post(
+            "/chat/completions", _chat_body(call, stream=False), timeout, call.model, call.headers
+        )
         try:
             choice = doc["choices"][0]
             message = choice.get("message") or {}
@@ -58,7 +60,9 @@ class OpenAIAdapter(HTTPLLMAdapter):
         tools: dict[int, list[str]] = {}
         sent_any, deltas = False, 0
         try:
-            async with self._client.stream("POST", "/chat/completions", json=body, timeout=timeout) as resp:
+            async with self._client.stream(
+                "POST", "/chat/completions", json=body, timeout=timeout, headers=call.headers or None
+            ) as resp:
                 if resp.status_code != 200:
                     text = (await resp.aread()).decode(errors="replace")
                     raise self._http_error(resp.status_code, text, resp.headers, call.model)
@@ -111,7 +115,7 @@ class OpenAIAdapter(HTTPLLMAdapter):
         body: dict[str, Any] = {"model": call.model, "input": list(call.inputs), "encoding_format": "float"}
         if call.dimensions:
             body["dimensions"] = call.dimensions
-        doc = await self._post("/embeddings", body, timeout, call.model)
+        doc = await self._post("/embeddings", body, timeout, call.model, call.headers)
         try:
             rows = sorted(doc["data"], key=lambda r: r.get("index", 0))
             vectors = tuple(tuple(float(v) for v in r["embedding"]) for r in rows)

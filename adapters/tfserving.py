@@ -23,6 +23,7 @@ import numpy as np
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor, TensorSpec
 from .http_llm import Client, transport_error
 from .tensor_codec import encode_numpy, tensor_to_list
+from .tls import client_tls
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
 
@@ -39,9 +40,10 @@ class TFServingAdapter:
         options: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
-        self.base_url = (options or {}).get("base_url") or f"http://{address}"
+        tls = client_tls(options or {})
+        self.base_url = (options or {}).get("base_url") or f"{'https' if tls else 'http'}://{address}"
         self.signature_name = (options or {}).get("signature_name") or "serving_default"
-        self._client = Client(base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
+        self._client = Client(tls, base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
 
     def _where(self, model: str) -> str:
         return f"backend {self.endpoint_id} ({self.kind} at {self.base_url}), model '{model}'"
@@ -76,7 +78,10 @@ class TFServingAdapter:
         body: dict[str, Any] = {"inputs": inputs}
         try:
             resp = await self._client.post(
-                f"{self._path(call.model, call.version)}:predict", json=body, timeout=timeout
+                f"{self._path(call.model, call.version)}:predict",
+                json=body,
+                timeout=timeout,
+                headers=call.headers or None,
             )
         except httpx.HTTPError as err:
             raise transport_error(self._where(call.model), err) from None

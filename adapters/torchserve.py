@@ -33,6 +33,7 @@ from google.protobuf import empty_pb2
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor
 from .kserve_v2 import RPC_ERRORS, KServeV2Adapter, RpcError, channel_options, closed_error
 from .tensor_codec import join_bytes_elements, tensor_to_list, tensor_values
+from .tls import grpc_channel
 from .torchserve_proto import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 _NOT_FOUND_HINTS = ("model not found", "does not exist for model")
@@ -98,8 +99,8 @@ class TorchServePredictionsAdapter:
         meta = options or {}
         self.management_address = f"{host}:{meta.get('management_port') or int(port) + 1}"
         options_ = channel_options(max_message_bytes)
-        self._channel = grpc.aio.insecure_channel(address, options=options_)
-        self._mgmt_channel = grpc.aio.insecure_channel(self.management_address, options=options_)
+        self._channel = grpc_channel(address, meta, options_)
+        self._mgmt_channel = grpc_channel(self.management_address, meta, options_)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._mgmt = management_pb2_grpc.ManagementAPIsServiceStub(self._mgmt_channel)
 
@@ -127,7 +128,7 @@ class TorchServePredictionsAdapter:
             model_name=call.model, model_version=call.version, input=inputs
         )
         try:
-            resp = await self._stub.Predictions(request, timeout=timeout)
+            resp = await self._stub.Predictions(request, timeout=timeout, metadata=call.headers or None)
         except RPC_ERRORS as err:
             raise self._error(err, call.model) from None
         name = call.outputs[0].name if call.outputs else "prediction"

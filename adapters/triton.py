@@ -45,7 +45,9 @@ class TritonAdapter(KServeV2Adapter):
         else:
             req = kserve_wire.request_from_call(call)
         req.parameters[FINAL_ASK].bool_param = True
-        rpc = self._stub.ModelStreamInfer(timeout=timeout)  # type: ignore[call-arg]  # write/read API
+        rpc = self._stub.ModelStreamInfer(  # type: ignore[call-arg]  # the write/read API
+            timeout=timeout, metadata=call.headers or None
+        )
         try:
             await rpc.write(req)
             while True:

@@ -20,6 +20,7 @@ from discovery import Endpoint, ModelRef, PoolSnapshot
 from discovery.consul import ConsulConfig
 from discovery.registration import RegisterConfig
 
+from .endpoints.upstream import UpstreamTLS
 from .policy.auth.config import AuthConfig
 from .server.tls import TLSConfig
 
@@ -277,6 +278,7 @@ class Config(_Strict):
     auth: AuthConfig = AuthConfig()
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> Config:

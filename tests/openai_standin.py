@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ from tests.standin_server import ThreadedServer
 
 
 class OpenAIStandIn(ThreadedServer):
-    def __init__(self, api_key: str | None = None) -> None:
+    def __init__(self, api_key: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.api_key = api_key
         self.model_ids = ["echo", "embed-small"]  # what GET /v1/models lists
         self.token_interval_s = 0.0
@@ -43,7 +44,9 @@ class OpenAIStandIn(ThreadedServer):
         self.cancelled = 0
         self.completed_streams = 0
         self._fail: tuple[int, int, str | None] = (0, 0, None)
-        super().__init__("openai-standin")
+        self.headers_seen: list[dict[str, str]] = []  # each model call's request headers
+        self.peer_certs: list[dict[str, Any] | None] = []  # each model call's client certificate (HTTPS)
+        super().__init__("openai-standin", ssl_context)
 
     @property
     def base_url(self) -> str:
@@ -70,6 +73,10 @@ class OpenAIStandIn(ThreadedServer):
         return web.json_response(body, status=status, headers=headers)
 
     def _check(self, request: web.Request) -> web.Response | None:
+        if request.method == "POST":
+            self.headers_seen.append(dict(request.headers))
+            ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+            self.peer_certs.append(ssl_object.getpeercert() if ssl_object is not None else None)
         status, left, retry_after = self._fail
         # Injected failures hit model calls only: the gateway's readiness probe (GET /models) must
         # not consume them.

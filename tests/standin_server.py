@@ -4,6 +4,7 @@ its own event loop in a daemon thread, so synchronous tests can drive it."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 
 from aiohttp import web
@@ -12,7 +13,8 @@ from aiohttp import web
 class ThreadedServer:
     """Subclasses implement `_routes(app)`; `port` is set once the server listens."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl = ssl_context  # serve HTTPS (the context may require client certificates)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
         self._thread.start()
@@ -27,7 +29,7 @@ class ThreadedServer:
         # Streams in progress must not hold shutdown open.
         self._runner = web.AppRunner(app, shutdown_timeout=0.2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         server = site._server
         assert server is not None and server.sockets

@@ -224,6 +224,9 @@ def test_audit_lines_and_no_key_material_in_any_log(world: World) -> None:
     assert entry["project"] == "ads" and entry["auth"] == "api_key"
     assert entry["credential_id"] == world.keys["bob"].split("_")[1]
     assert entry["model"] == "add_sub" and entry["pool"] == "tritons"
+    request = add_sub_request([1], [2], id="audited-1")
+    assert entry["request_bytes"] == request.ByteSize()
+    assert entry["response_bytes"] > 2 * 4  # two FP32 outputs at least
     text = world.gw.log() + world.keys_file.read_text()
     for key in world.keys.values():
         secret = key.split("_", 2)[2]

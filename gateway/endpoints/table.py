@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterable, Mapping
 import grpc
 
 from adapters import REGISTRY, Adapter
+from adapters.tls import KEYS as TLS_KEYS
 from discovery import Endpoint, PoolSnapshot
 
 from ..errors import GatewayError, did_you_mean, echo
 from .state import EndpointState
+from .upstream import with_upstream
 
 log = logging.getLogger("meshgate.endpoints")
 
@@ -35,11 +37,14 @@ class EndpointTable:
         make_adapter: AdapterMaker,
         on_change: Callable[[list[EndpointState]], None] = lambda added: None,
         gpu_capacity: Mapping[str, float] | None = None,
+        upstream_tls: Mapping[str, dict[str, str]] | None = None,
     ) -> None:
         self._make_adapter = make_adapter
         self._on_change = on_change
         # GPU class -> capacity, for endpoints that name their GPU (Meta `gpu`) but no capacity.
         self._gpu_capacity = dict(gpu_capacity or {})
+        # pool (or "*") -> TLS options for its adapters (config upstream_tls; upstream.py).
+        self._upstream: dict[str, dict[str, str]] = dict(upstream_tls or {})
         self._by_source: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._health_checked: set[tuple[str, str]] = set()  # (source, pool) snapshots that vouch
         self._states: dict[tuple[str, str], EndpointState] = {}  # (pool, id) -> state
@@ -62,6 +67,12 @@ class EndpointTable:
             self._health_checked.discard((snap.source, snap.pool))
         self._rebuild()
 
+    def set_upstream_tls(self, upstream_tls: Mapping[str, dict[str, str]]) -> None:
+        """A config reload's upstream_tls: endpoints whose TLS changed get new adapters."""
+        if dict(upstream_tls) != self._upstream:
+            self._upstream = dict(upstream_tls)
+            self._rebuild()
+
     def remove(self, source: str, pool: str) -> None:
         """Forget what `source` said about `pool` (a static pool dropped by a config reload)."""
         self._by_source.pop((source, pool), None)
@@ -79,6 +90,9 @@ class EndpointTable:
                     vouched.add((pool, ep.id))
                 if "capacity" not in ep.meta and ep.gpu in self._gpu_capacity:
                     ep = dataclasses.replace(ep, capacity=self._gpu_capacity[ep.gpu])
+                meta = with_upstream(ep.meta, pool, self._upstream)
+                if meta is not ep.meta:
+                    ep = dataclasses.replace(ep, meta=meta)
                 if (pool, ep.id) not in wanted:
                     wanted[(pool, ep.id)] = ep
                     origin[(pool, ep.id)] = source
@@ -91,7 +105,7 @@ class EndpointTable:
             old = self._states.get(key)
             if old is not None and old.endpoint == ep:
                 continue
-            if old is not None and (old.endpoint.address, old.endpoint.backend) == (ep.address, ep.backend):
+            if old is not None and _connection(old.endpoint) == _connection(ep):
                 old.endpoint = ep  # metadata change only: keep the connection and state
                 continue
             adapter = self._build(ep, origin[key])
@@ -231,3 +245,9 @@ class EndpointTable:
         for _, pool in self._by_source:
             ready.setdefault(pool, False)
         return ready
+
+
+def _connection(ep: Endpoint) -> tuple[object, ...]:
+    """What the adapter's connection is made of: a change rebuilds it (anything else in the
+    metadata is updated in place, keeping the connection and what calls taught)."""
+    return (ep.address, ep.backend, *(ep.meta.get(k) for k in TLS_KEYS))

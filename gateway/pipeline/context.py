@@ -36,7 +36,17 @@ ANONYMOUS = Principal()
 class CallRecord:
     """What a call learned on its way, for the access log and settlement."""
 
-    __slots__ = ("attempts", "delivered", "endpoint", "model", "pool", "requested", "usage")
+    __slots__ = (
+        "attempts",
+        "bytes_in",
+        "bytes_out",
+        "delivered",
+        "endpoint",
+        "model",
+        "pool",
+        "requested",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.requested = ""  # the model the caller named (a model or an alias)
@@ -45,6 +55,8 @@ class CallRecord:
         self.endpoint = ""
         self.attempts = 0
         self.delivered = 0  # stream events handed to the caller
+        self.bytes_in = -1  # request and response message sizes (the audit line; -1: not counted)
+        self.bytes_out = -1
         self.usage: Usage | None = None
 
 

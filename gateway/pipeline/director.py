@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -122,6 +123,7 @@ class Director:
             }
         )
         self.attempts.reconfigure(self.policies, r.model_costs, r.retry_unavailable)
+        self._forward = tuple(config.auth.forward.items())
         self.stages = stages
         # How to run each stage, worked out once: (stage, admit, admit is async, settle or None,
         # settle is async).
@@ -138,6 +140,9 @@ class Director:
 
     # -- the calls ------------------------------------------------------------------------
     async def infer(self, ctx: RequestContext, call: InferCall) -> Routed[InferResult]:
+        if self._forward:
+            call = call._replace(headers=self._headers(ctx))
+
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
             return adapter.infer(_retarget(call, target), timeout)
 
@@ -150,6 +155,8 @@ class Director:
         (a decoupled model may send any number), a unary backend's one. Retried elsewhere only
         before the first response reached `send`, as for every stream."""
         record = ctx.record
+        if self._forward:
+            call = call._replace(headers=self._headers(ctx))
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
             retargeted = _retarget(call, target)
@@ -186,6 +193,9 @@ class Director:
         return await self._run(Call(ctx, "metadata", model, version, None), attempt)
 
     async def generate(self, ctx: RequestContext, call: GenerateCall) -> Routed[GenerateResult]:
+        if self._forward:
+            call = call._replace(headers=self._headers(ctx))
+
         def attempt(
             adapter: Adapter, timeout: float, target: Target, route: Route
         ) -> Awaitable[GenerateResult]:
@@ -201,6 +211,8 @@ class Director:
         later raises, and settles the usage seen so far. If the caller goes away, `send` raises
         (CancelledError) and the upstream stream is closed at once."""
         record = ctx.record
+        if self._forward:
+            call = call._replace(headers=self._headers(ctx))
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> StreamEnd | None:
             events = _llm(adapter, target.model).generate_stream(call._replace(model=target.model), timeout)
@@ -217,6 +229,9 @@ class Director:
         return await self._run(Call(ctx, "generate", call.model, "", call, stream=True), attempt)
 
     async def embed(self, ctx: RequestContext, call: EmbedCall) -> Routed[EmbedResult]:
+        if self._forward:
+            call = call._replace(headers=self._headers(ctx))
+
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[EmbedResult]:
             return _llm(adapter, target.model).embed(call._replace(model=target.model), timeout)
 
@@ -240,6 +255,22 @@ class Director:
     def models(self) -> dict[str, list[EndpointState]]:
         """Every model the table knows, with its endpoints (the Models service's view)."""
         return self._table.models()
+
+    def _headers(self, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
+        """auth.forward: the caller's identity for the backend (never its credential); a value
+        that is not printable ASCII is percent-encoded (UTF-8), as metadata and headers need."""
+        p = ctx.principal
+        values = {
+            "user": p.user,
+            "project": p.project,
+            "department": p.department,
+            "roles": ",".join(sorted(p.roles)),
+            "credential_id": p.credential_id,
+            "request_id": ctx.request_id,
+        }
+        return tuple(
+            (header, _header_value(values[field])) for header, field in self._forward if values[field]
+        )
 
     # -- the pipeline ---------------------------------------------------------------------
     async def _run(
@@ -278,6 +309,12 @@ class Director:
                     except Exception:  # one stage's bug must not skip the others' settlement
                         self._metrics.background_error(f"settle:{stage.name}")
                         log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
+
+
+def _header_value(value: str) -> str:
+    if value.isascii() and value.isprintable():
+        return value
+    return urllib.parse.quote(value, safe="")
 
 
 def _retarget(call: InferCall, target: Target) -> InferCall:

@@ -85,6 +85,7 @@ class Gateway:
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
             config.routing.gpu_capacity,
+            _upstream(config),
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
         self.director = Director(
@@ -256,6 +257,7 @@ class Gateway:
         if authentication is not self.authentication:
             self.authentication, self.rules = authentication, rules
             self._start_auth_loops()
+        self.table.set_upstream_tls(_upstream(cfg))
         new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
         for snap in self.config.static_snapshots():
             if snap.pool not in new_static:
@@ -352,6 +354,10 @@ class Gateway:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+def _upstream(config: Config) -> dict[str, dict[str, str]]:
+    return {pool: tls.options() for pool, tls in config.upstream_tls.items()}
 
 
 def _rules(config: Config) -> Rules | None:

@@ -242,6 +242,9 @@ class FrontDoor:
                 response = await inner(request, context)
                 code = _OK
                 context.set_trailing_metadata(((_REQUEST_ID, ctx.request_id),))
+                if self._audit:  # sizes for the audit line (a stream's requests and answers: not counted)
+                    ctx.record.bytes_in = _size(request)
+                    ctx.record.bytes_out = _size(response)
                 return response
             except GatewayError as err:
                 code = err.code
@@ -282,6 +285,11 @@ class FrontDoor:
                 r.endpoint or "-",
                 r.attempts,
             )
+
+
+def _size(message: Any) -> int:
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if size is not None else -1
 
 
 def _internal(ctx: RequestContext) -> GatewayError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,6 +46,9 @@ class MtlsConfig(_Strict):
     identities: list[PeerIdentity] = Field(default_factory=list)
 
 
+ForwardField = Literal["user", "project", "department", "roles", "credential_id", "request_id"]
+_HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
+_RESERVED = frozenset({"authorization", "x-api-key", "cookie", "host", "content-type", "te", "user-agent"})
 Algorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 ClaimField = Literal["user", "project", "department", "roles"]
 _DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
@@ -118,6 +122,10 @@ class AuthConfig(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     # One JSON line per call on logger meshgate.audit (with authenticators configured).
     audit_log: bool = True
+    # The caller's identity sent to backends with each call, for their audit: gRPC metadata or
+    # HTTP header -> principal field, e.g. {x-meshgate-user: user}. Empty fields are not sent;
+    # the caller's credential never is.
+    forward: dict[str, ForwardField] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _needs_their_settings(self) -> AuthConfig:
@@ -131,4 +139,10 @@ class AuthConfig(_Strict):
             )
         if len(set(self.authenticators)) != len(self.authenticators):
             raise ValueError("each authenticator may be listed once")
+        for header in self.forward:
+            if not _HEADER.fullmatch(header) or header in _RESERVED or header.startswith("grpc-"):
+                raise ValueError(
+                    f"forward: {header!r} cannot carry the identity: use a lowercase header name of"
+                    " letters, digits and '-' (e.g. x-meshgate-user) that is not reserved"
+                )
         return self
