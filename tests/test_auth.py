@@ -28,6 +28,11 @@ RULES = [
     {"who": {"roles": ["ml-eng"]}},  # everything
     {"who": {"projects": ["ads"]}, "models": ["add_sub"], "methods": ["Infer", "ModelInfer"]},
     {"who": {"projects": ["ads"]}, "methods": ["ListModels"]},
+    {
+        "who": {"projects": ["vision"]},
+        "models": ["echo_*"],
+        "methods": ["ListModels", "GetModel", "ModelReady", "RepositoryIndex", "ModelStatistics"],
+    },
     {"effect": "deny", "who": {"departments": ["sales"]}},
 ]
 
@@ -45,6 +50,7 @@ def world(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "bob": make_key(keys_file, "--user", "bob", "--project", "ads"),
         "sam": make_key(keys_file, "--user", "sam", "--project", "ads", "--department", "sales"),
         "erin": make_key(keys_file, "--user", "erin", "--project", "search"),
+        "dana": make_key(keys_file, "--user", "dana", "--project", "vision"),
         "old": make_key(keys_file, "--user", "old", "--role", "ml-eng", "--expires", "2020-01-01T00:00:00Z"),
     }
     config = pool_config(
@@ -146,6 +152,46 @@ def test_authorisation_matrix(world: World) -> None:
         for who, want in expected.items():
             got = tuple(_allowed(fn, who) for fn in _six_calls(ch, bearer(world.keys[who])))
             assert got == want, (who, got)
+
+
+def test_model_listings_show_only_what_the_caller_may_use(world: World) -> None:
+    """dana may see the echo_* models only: the lists leave the others out, and the calls that
+    name one are refused, without a hint that it exists."""
+    md = bearer(world.keys["dana"])
+    with grpc.insecure_channel(world.gw.address) as ch:
+        models = models_pb2_grpc.ModelsStub(ch)
+        kserve = kpb_grpc.GRPCInferenceServiceStub(ch)
+        listed = models.ListModels(models_pb2.ListModelsRequest(), timeout=10, metadata=md)
+        assert [m.name for m in listed.models] == ["echo_text"]
+        index = kserve.RepositoryIndex(kpb.RepositoryIndexRequest(), timeout=10, metadata=md)
+        assert [m.name for m in index.models] == ["echo_text"]
+        stats = kserve.ModelStatistics(kpb.ModelStatisticsRequest(), timeout=10, metadata=md)
+        assert {s.name for s in stats.model_stats} == {"echo_text"}
+        assert kserve.ModelReady(kpb.ModelReadyRequest(name="echo_text"), timeout=10, metadata=md).ready
+        assert models.GetModel(
+            models_pb2.GetModelRequest(name="echo_text"), timeout=10, metadata=md
+        ).model.ready
+        for call in (
+            lambda: models.GetModel(models_pb2.GetModelRequest(name="add_sub"), timeout=10, metadata=md),
+            lambda: kserve.ModelReady(kpb.ModelReadyRequest(name="add_sub"), timeout=10, metadata=md),
+            lambda: kserve.ModelStatistics(
+                kpb.ModelStatisticsRequest(name="add_sub"), timeout=10, metadata=md
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "dana may not call" in (err.value.details() or "") and "add_sub" in (
+                err.value.details() or ""
+            )
+        # a misspelt name gets no hint of a model dana may not see
+        with pytest.raises(grpc.RpcError) as err:
+            models.GetModel(models_pb2.GetModelRequest(name="echo_txt"), timeout=10, metadata=md)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "add_sub" not in (err.value.details() or "")
+        # erin may see nothing: refused, as before
+        with pytest.raises(grpc.RpcError) as err:
+            models.ListModels(models_pb2.ListModelsRequest(), timeout=10, metadata=bearer(world.keys["erin"]))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_health_and_reflection_stay_open(world: World) -> None:

@@ -125,6 +125,8 @@ class Director:
         self.attempts.reconfigure(self.policies, r.model_costs, r.retry_unavailable)
         self._forward = tuple(config.auth.forward.items())
         self.stages = stages
+        authorize = next((s for s in stages if s.name == "authorize"), None)
+        self._rules: Any = getattr(authorize, "rules", None)  # policy.auth.authorize.Rules
         # How to run each stage, worked out once: (stage, admit, admit is async, settle or None,
         # settle is async).
         self._plan = tuple(
@@ -255,6 +257,26 @@ class Director:
     def models(self) -> dict[str, list[EndpointState]]:
         """Every model the table knows, with its endpoints (the Models service's view)."""
         return self._table.models()
+
+    # -- what a caller may see of the models (the calls that describe them, not route to one)
+    def authorize(self, ctx: RequestContext, model: str) -> None:
+        """PERMISSION_DENIED unless `ctx`'s principal may call `ctx.method` on `model`."""
+        if self._rules is not None:
+            self._rules.check(ctx.principal, ctx.method, model)
+
+    def visible(self, ctx: RequestContext) -> dict[str, list[EndpointState]]:
+        """The models `ctx`'s principal may call `ctx.method` on (a list method: ListModels,
+        RepositoryIndex): only those are listed. PERMISSION_DENIED when it may see none of them."""
+        models = self._table.models()
+        rules = self._rules
+        if rules is None:
+            return models
+        shown = {
+            name: states for name, states in models.items() if rules.allowed(ctx.principal, ctx.method, name)
+        }
+        if models and not shown:
+            rules.check(ctx.principal, ctx.method, None)  # says who may not call what
+        return shown
 
     def _headers(self, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
         """auth.forward: the caller's identity for the backend (never its credential); a value

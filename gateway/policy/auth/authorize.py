@@ -105,3 +105,7 @@ class AuthorizeStage:
     def admit(self, call: Call) -> None:
         ctx = call.ctx
         self._rules.check(ctx.principal, ctx.method, call.model)
+
+    @property
+    def rules(self) -> Rules:
+        return self._rules

@@ -81,7 +81,19 @@ def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     # Methods on a model: authorised by the pipeline (AuthorizeStage), which knows the model.
-    routed_methods = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata", "ModelConfig"})
+    # Authorised by model: in the pipeline (the first four), or here (a caller sees only the
+    # models it may call the method on).
+    routed_methods = frozenset(
+        {
+            "ModelInfer",
+            "ModelStreamInfer",
+            "ModelMetadata",
+            "ModelConfig",
+            "ModelReady",
+            "RepositoryIndex",
+            "ModelStatistics",
+        }
+    )
 
     def __init__(
         self, director: Director, any_ready: Callable[[], bool], stats: ModelStats, request_timeout_s: float
@@ -101,6 +113,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="meshgate", version=__version__, extensions=EXTENSIONS)
 
     async def ModelReady(self, request: Any, context: Context) -> Any:
+        self._director.authorize(request_context(), request.name)
         return pb.ModelReadyResponse(ready=self._director.model_ready(request.name, request.version))
 
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
@@ -128,18 +141,21 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise invalid(
                 "repository_name", "meshgate serves one repository merged over its pools; leave it empty"
             )
-        return repository_index(self._director.models(), request.ready)
+        return repository_index(self._director.visible(request_context()), request.ready)
 
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
-        known = self._director.models()
+        ctx = request_context()
         name, version = request.name, request.version
+        if name:
+            self._director.authorize(ctx, name)
+        known = self._director.visible(ctx)
         if name and name not in known:
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND,
                 f"name: model {echo(name)} is not served by any pool{did_you_mean(name, known)}",
                 field="name",
             )
-        selected = list(self._stats.select(name, version))
+        selected = [s for s in self._stats.select(name, version) if s[0] in known]
         seen = {n for n, _, _ in selected}
         selected += [(n, version, ModelCounts()) for n in ([name] if name else known) if n not in seen]
         return statistics_response(sorted(selected, key=lambda s: (s[0], s[1])))

@@ -11,7 +11,7 @@ from meshgate.v1 import models_pb2, models_pb2_grpc
 from ...endpoints import EndpointState
 from ...errors import GatewayError, did_you_mean, echo
 from ...pipeline.director import Director
-from .common import Context
+from .common import Context, request_context
 
 
 def _model_pb(name: str, states: list[EndpointState]) -> Any:
@@ -89,8 +89,12 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     def __init__(self, director: Director) -> None:
         self._director = director
 
+    # Authorised here, by model: a caller sees only the models it may call the method on.
+    routed_methods = frozenset({"ListModels", "GetModel"})
+
     async def ListModels(self, request: Any, context: Context) -> Any:
-        models = [_model_pb(name, states) for name, states in sorted(self._director.models().items())]
+        visible = self._director.visible(request_context())
+        models = [_model_pb(name, states) for name, states in sorted(visible.items())]
         if request.ready_only:
             models = [m for m in models if m.ready]
         return models_pb2.ListModelsResponse(models=models)
@@ -98,7 +102,9 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def GetModel(self, request: Any, context: Context) -> Any:
         if not request.name:
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "name: required", field="name")
-        models = self._director.models()
+        ctx = request_context()
+        self._director.authorize(ctx, request.name)
+        models = self._director.visible(ctx)
         states = models.get(request.name)
         if not states:
             hint = did_you_mean(request.name, models)
