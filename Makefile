@@ -11,7 +11,7 @@ VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-discovery bench-stream bench-balance bench-des bench-probe servers system-deps test-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-auth bench-discovery bench-stream bench-balance bench-des bench-probe servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint           ruff + mypy --strict"
 	@echo "make proto          regenerate Python code from protos/"
 	@echo "make bench-overhead gateway overhead vs a bare grpc.aio proxy and nginx"
+	@echo "make bench-auth     TLS, mTLS, API key and JWT against the plain path, one client for all"
 	@echo "make bench-discovery Consul change -> routing latency, cost of 1,000 endpoints"
 	@echo "make bench-stream   LLM token streaming through meshgate vs direct"
 	@echo "make bench-balance  routing policies compared on simulated GPU backends"
@@ -73,6 +74,9 @@ run: venv proto
 
 bench-overhead: venv system-deps
 	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
+
+bench-auth: venv system-deps
+	$(BIN)/python -m bench.auth $(BENCH_ARGS)
 
 bench-discovery: venv system-deps
 	$(BIN)/python -m bench.discovery $(BENCH_ARGS)
