@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages that meshgate's tests and benchmarks need, installed only when missing and
 # only when it can (root + apt-get).
-#   system-deps.sh test    Java for TorchServe (the real TorchServe in tests/test_torchserve.py)
+#   system-deps.sh test    Java for TorchServe (the real TorchServe in tests/test_torchserve.py),
+#                          redis-server (the shared counters' tests run against a real Redis)
 #   system-deps.sh bench   nginx as the C reference proxy, h2load as load generator
 set -euo pipefail
 need=()
@@ -9,7 +10,8 @@ need=()
 for what in "$@"; do
   case "$what" in
     test)
-      command -v java >/dev/null 2>&1 || need+=(default-jre-headless) ;;
+      command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+      command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;;
     bench)
       command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
       command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client) ;;
