@@ -22,6 +22,7 @@ from discovery.registration import RegisterConfig
 from .endpoints.static import HostPort, PoolConfig, check_hostport, static_snapshots
 from .endpoints.upstream import UpstreamTLS
 from .policy.auth.config import AuthConfig
+from .policy.limits.config import RateLimitsConfig, RedisConfig
 from .server.tls import TLSConfig
 
 ENV_LISTEN = "MESHGATE_LISTEN"
@@ -216,7 +217,17 @@ class Config(_Strict):
     auth: AuthConfig = AuthConfig()
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    redis: RedisConfig | None = None
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
+
+    @model_validator(mode="after")
+    def _redis_when_used(self) -> Config:
+        if self.rate_limits.store == "redis" and self.redis is None:
+            raise ValueError(
+                "rate_limits.store: redis needs a redis section (redis: {url: redis://host:6379/0})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> Config:

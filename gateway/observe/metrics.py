@@ -86,6 +86,19 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.ratelimit_refusals = Counter(
+            "meshgate_ratelimit_refusals_total",
+            "Calls refused by a rate limit, by limit and kind (requests, tokens, concurrency).",
+            ["limit", "kind"],
+            registry=registry,
+        )
+        self.ratelimit_store_errors = Counter(
+            "meshgate_ratelimit_store_errors_total",
+            "Rate-limit decisions made without the store (unreachable), by what the limits' policy"
+            " did (open: let through, closed: refused).",
+            ["policy"],
+            registry=registry,
+        )
         registry.register(_CallCollector(self))
 
     def request_done(self, method: str, code: grpc.StatusCode, seconds: float) -> None:

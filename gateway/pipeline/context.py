@@ -44,6 +44,7 @@ class CallRecord:
         "endpoint",
         "model",
         "pool",
+        "ratelimit",
         "requested",
         "usage",
     )
@@ -57,6 +58,9 @@ class CallRecord:
         self.delivered = 0  # stream events handed to the caller
         self.bytes_in = -1  # request and response message sizes (the audit line; -1: not counted)
         self.bytes_out = -1
+        # The tightest rate limit that applied: (policy, limit, remaining, seconds until full),
+        # for the x-ratelimit-* trailing metadata (policy/limits/stage.py).
+        self.ratelimit: tuple[str, float, float, float] | None = None
         self.usage: Usage | None = None
 
 

@@ -181,15 +181,21 @@ class ModelStatsStage:
 
 
 def build_stages(
-    config: Config, metrics: Metrics, extra: tuple[Stage, ...] = (), authorize: Stage | None = None
+    config: Config,
+    metrics: Metrics,
+    extra: tuple[Stage, ...] = (),
+    authorize: Stage | None = None,
+    limits: Stage | None = None,
 ) -> tuple[Stage, ...]:
     """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
-    a caller learns nothing about a model it may not use. `extra` (tests; later limits, budgets
-    and cache, each in its place) runs after the complexity estimate, so it can read it."""
+    a caller learns nothing about a model it may not use. Rate `limits` run after the complexity
+    estimate, whose tokens they reserve; `extra` (tests; later budgets and cache, each in its
+    place) after them."""
     return (
         *((authorize,) if authorize is not None else ()),
         ValidationStage(config),
         ComplexityStage(config),
+        *((limits,) if limits is not None else ()),
         *extra,
         UsageStage(metrics),
         ModelStatsStage(metrics.models),

@@ -43,11 +43,11 @@ from ..endpoints.readiness import ReadinessChecker
 from ..load import LoadProbe, load_metric_names
 from ..observe.metrics import Metrics
 from ..pipeline.director import Director
-from ..pipeline.stages import Stage, build_stages
+from ..pipeline.stages import Stage
 from ..policy.auth.authenticate import build_authentication
-from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.auth.authorize import Rules
 from ..policy.auth.keys import KeyFileError
-from . import ports
+from . import build, ports
 from .background import supervise
 from .interceptors import FrontDoor
 from .reload import ReloadPlan, plan_reload, reload_logged
@@ -79,13 +79,14 @@ class Gateway:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_state: dict[str, bool] = {}
         self.authentication = build_authentication(config.auth)
-        self.rules = _rules(config)
+        self.rules = build.rules(config)
         self._extra_stages = extra_stages
+        self.counters = build.counters(config)  # rate limits' shared counters (restart-only: the store)
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
             config.routing.gpu_capacity,
-            _upstream(config),
+            build.upstream(config),
         )
         self.readiness = ReadinessChecker(self.table, config.readiness)
         self.director = Director(
@@ -220,8 +221,7 @@ class Gateway:
             self._background("registration", self.registrar.run)
 
     def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
-        authorize = AuthorizeStage(rules) if rules is not None else None
-        return build_stages(config, self.metrics, self._extra_stages, authorize=authorize)
+        return build.stages(config, self.metrics, rules, self.counters, self._extra_stages)
 
     def _start_auth_loops(self) -> None:
         for task in self._auth_tasks:
@@ -248,7 +248,7 @@ class Gateway:
                 authentication = build_authentication(cfg.auth)
             except KeyFileError as err:
                 raise ConfigError(f"{source}: {err}") from None
-            rules = _rules(cfg)
+            rules = build.rules(cfg)
         try:
             self.director.reconfigure(cfg, self._stages(cfg, rules))
         except ValueError as err:
@@ -257,7 +257,7 @@ class Gateway:
         if authentication is not self.authentication:
             self.authentication, self.rules = authentication, rules
             self._start_auth_loops()
-        self.table.set_upstream_tls(_upstream(cfg))
+        self.table.set_upstream_tls(build.upstream(cfg))
         new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
         for snap in self.config.static_snapshots():
             if snap.pool not in new_static:
@@ -351,17 +351,10 @@ class Gateway:
             await state.adapter.aclose()
         for adapter in self.table.take_retired(linger_s=0):
             await adapter.aclose()
+        await self.counters.aclose()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-
-
-def _upstream(config: Config) -> dict[str, dict[str, str]]:
-    return {pool: tls.options() for pool, tls in config.upstream_tls.items()}
-
-
-def _rules(config: Config) -> Rules | None:
-    return Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
 
 
 async def serve(config: Config, config_name: str, config_path: str | None = None) -> int:

@@ -241,14 +241,14 @@ class FrontDoor:
                     raise self._bodies.undecodable(method, message, request)
                 response = await inner(request, context)
                 code = _OK
-                context.set_trailing_metadata(((_REQUEST_ID, ctx.request_id),))
+                context.set_trailing_metadata(_trailers(ctx))
                 if self._audit:  # sizes for the audit line (a stream's requests and answers: not counted)
                     ctx.record.bytes_in = _size(request)
                     ctx.record.bytes_out = _size(response)
                 return response
             except GatewayError as err:
                 code = err.code
-                await abort(context, err, ((_REQUEST_ID, ctx.request_id),))
+                await abort(context, err, _trailers(ctx))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -285,6 +285,22 @@ class FrontDoor:
                 r.endpoint or "-",
                 r.attempts,
             )
+
+
+def _trailers(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
+    """The request id, and the tightest rate limit's state when one applied (the OpenAI
+    x-ratelimit-* idea, in gRPC trailing metadata)."""
+    limit = ctx.record.ratelimit
+    if limit is None:
+        return ((_REQUEST_ID, ctx.request_id),)
+    policy, burst, remaining, reset_s = limit
+    return (
+        (_REQUEST_ID, ctx.request_id),
+        ("x-ratelimit-policy", policy),
+        ("x-ratelimit-limit", f"{burst:g}"),
+        ("x-ratelimit-remaining", str(max(0, int(remaining)))),
+        ("x-ratelimit-reset", f"{reset_s:.3f}"),
+    )
 
 
 def _size(message: Any) -> int:

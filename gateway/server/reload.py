@@ -1,11 +1,13 @@
 """What a config reload may change in a running gateway, and what waits for a restart.
 
 Applied at once (Gateway.reload): auth (authenticators, keys file, JWT, rules, audit), the
-static pools, routing (profiles, aliases, model costs, retries, outlier policy), request limits,
+rate limits (rate_limits.limits: buckets already in the store keep their levels), the static
+pools, routing (profiles, aliases, model costs, retries, outlier policy), request limits,
 the per-call server settings (timeouts, access log, shutdown grace) and log_level.
 
 At the next start only: what binds sockets or starts loops at start-up (server.listen, tls,
-max_message_bytes, uvloop, metrics, discovery, readiness, routing.load_probe and gpu_capacity).
+max_message_bytes, uvloop, metrics, discovery, readiness, routing.load_probe and gpu_capacity,
+the rate limits' store and redis).
 Those keep their running values, and the reload says which ones differ in the file.
 """
 
@@ -22,11 +24,12 @@ from ..config import Config, ConfigError, format_errors
 log = logging.getLogger("meshgate")
 
 # Whole top-level sections that only a restart applies.
-_RESTART_SECTIONS = ("metrics", "discovery", "readiness")
+_RESTART_SECTIONS = ("metrics", "discovery", "readiness", "redis")
 # Fields of `server` and `routing` that only a restart applies.
 _RESTART_FIELDS = {
     "server": ("listen", "tls", "max_message_bytes", "uvloop", "allow_unauthenticated"),
     "routing": ("load_probe", "gpu_capacity"),
+    "rate_limits": ("store",),
 }
 
 

@@ -1,0 +1,45 @@
+"""What the config builds for the gateway: the authorisation rules, the rate limits' counters,
+the stage list, the upstream TLS options (app.py wires them; a reload builds them again)."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from adapters.scrub import register_secret
+
+from ..config import Config
+from ..observe.metrics import Metrics
+from ..pipeline.stages import Stage, build_stages
+from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.limits.stage import RateLimitStage
+from ..stores.counters import Counters, MemoryCounters
+from ..stores.redis_store import RedisCounters
+
+
+def stages(
+    config: Config, metrics: Metrics, rules: Rules | None, counters: Counters, extra: tuple[Stage, ...] = ()
+) -> tuple[Stage, ...]:
+    authorize = AuthorizeStage(rules) if rules is not None else None
+    limits = None
+    if config.rate_limits.limits:
+        slot_ttl = config.server.max_timeout_s + 60.0  # a dead holder's slot frees itself
+        limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl)
+    return build_stages(config, metrics, extra, authorize=authorize, limits=limits)
+
+
+def counters(config: Config) -> Counters:
+    if config.rate_limits.store == "redis" and config.redis is not None:
+        r = config.redis
+        password = urllib.parse.urlsplit(r.url).password
+        if password:
+            register_secret(password)  # masked in every message and log line
+        return RedisCounters(r.url, timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
+    return MemoryCounters()
+
+
+def upstream(config: Config) -> dict[str, dict[str, str]]:
+    return {pool: tls.options() for pool, tls in config.upstream_tls.items()}
+
+
+def rules(config: Config) -> Rules | None:
+    return Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
