@@ -82,7 +82,9 @@ def _restore(world: World) -> Iterator[None]:
     world.reload()
     for ep in _endpoints(world):
         if ep.drained:
-            world.admin("UndrainEndpoint", admin_pb2.DrainEndpointRequest(pool="tritons", endpoint_id=ep.id))
+            world.admin(
+                "UndrainEndpoint", admin_pb2.UndrainEndpointRequest(pool="tritons", endpoint_id=ep.id)
+            )
 
 
 def _endpoints(world: World) -> list[Any]:
@@ -109,7 +111,7 @@ def test_admin_needs_the_admin_role(world: World) -> None:
     calls = [
         ("ListPools", admin_pb2.ListPoolsRequest()),
         ("DrainEndpoint", admin_pb2.DrainEndpointRequest(pool="tritons", endpoint_id="triton-a")),
-        ("UndrainEndpoint", admin_pb2.DrainEndpointRequest(pool="tritons", endpoint_id="triton-a")),
+        ("UndrainEndpoint", admin_pb2.UndrainEndpointRequest(pool="tritons", endpoint_id="triton-a")),
         ("ReloadConfig", admin_pb2.ReloadConfigRequest()),
         ("ListPrincipals", admin_pb2.ListPrincipalsRequest()),
     ]
@@ -170,8 +172,8 @@ def test_drain_finishes_calls_in_flight_and_takes_no_new_ones(world: World) -> N
     assert "triton-a: drained by an operator" in (err.value.details() or "")
     world.gw.wait_serving("tritons", serving=False, timeout=5)
 
-    world.admin("UndrainEndpoint", admin_pb2.DrainEndpointRequest(pool="tritons", endpoint_id="triton-a"))
-    world.admin("UndrainEndpoint", admin_pb2.DrainEndpointRequest(pool="tritons", endpoint_id="triton-b"))
+    world.admin("UndrainEndpoint", admin_pb2.UndrainEndpointRequest(pool="tritons", endpoint_id="triton-a"))
+    world.admin("UndrainEndpoint", admin_pb2.UndrainEndpointRequest(pool="tritons", endpoint_id="triton-b"))
     world.gw.wait_serving("tritons", timeout=5)
     assert set(_routes(world, 30)) == {"triton-a", "triton-b"}
 

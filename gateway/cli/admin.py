@@ -59,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return _print_pools(resp, args.json)
             if args.admin_command in ("drain", "undrain"):
-                req = admin_pb2.DrainEndpointRequest(pool=args.pool, endpoint_id=args.endpoint_id)
-                call = stub.DrainEndpoint if args.admin_command == "drain" else stub.UndrainEndpoint
-                ep = call(req, timeout=args.timeout, metadata=meta).endpoint
+                if args.admin_command == "drain":
+                    req = admin_pb2.DrainEndpointRequest(pool=args.pool, endpoint_id=args.endpoint_id)
+                    ep = stub.DrainEndpoint(req, timeout=args.timeout, metadata=meta).endpoint
+                else:
+                    undo = admin_pb2.UndrainEndpointRequest(pool=args.pool, endpoint_id=args.endpoint_id)
+                    ep = stub.UndrainEndpoint(undo, timeout=args.timeout, metadata=meta).endpoint
                 print(
                     f"{args.pool}/{ep.id}: {'drained' if ep.drained else 'in rotation'}, {ep.in_flight} call(s) in flight"
                 )

@@ -72,7 +72,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             if not getattr(request, field):
                 raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: required", field=field)
         state = self._table.drain(request.pool, request.endpoint_id, drained)
-        return admin_pb2.DrainEndpointResponse(endpoint=endpoint_pb(state, None, time.monotonic()))
+        response = admin_pb2.DrainEndpointResponse if drained else admin_pb2.UndrainEndpointResponse
+        return response(endpoint=endpoint_pb(state, None, time.monotonic()))
 
     async def ReloadConfig(self, request: Any, context: Context) -> Any:
         try:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshgate.v1 import models_pb2 as meshgate_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/admin.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/models.proto\" \n\x10ListPoolsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\":\n\x11ListPoolsResponse\x12%\n\x05pools\x18\x01 \x03(\x0b\x32\x16.meshgate.v1.PoolState\"c\n\tPoolState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12(\n\tendpoints\x18\x04 \x03(\x0b\x32\x15.meshgate.v1.Endpoint\"9\n\x14\x44rainEndpointRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\"@\n\x15\x44rainEndpointResponse\x12\'\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x15.meshgate.v1.Endpoint\"\x15\n\x13ReloadConfigRequest\"Q\n\x14ReloadConfigResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x03(\t\x12\x18\n\x10restart_required\x18\x03 \x03(\t\"\x17\n\x15ListPrincipalsRequest\"H\n\x16ListPrincipalsResponse\x12.\n\nprincipals\x18\x01 \x03(\x0b\x32\x1a.meshgate.v1.PrincipalInfo\"\xba\x01\n\rPrincipalInfo\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12\x0c\n\x04\x61uth\x18\x05 \x01(\t\x12\x15\n\rcredential_id\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x1d\n\x15last_seen_seconds_ago\x18\t \x01(\x01\x32\xb5\x03\n\x05\x41\x64min\x12J\n\tListPools\x12\x1d.meshgate.v1.ListPoolsRequest\x1a\x1e.meshgate.v1.ListPoolsResponse\x12V\n\rDrainEndpoint\x12!.meshgate.v1.DrainEndpointRequest\x1a\".meshgate.v1.DrainEndpointResponse\x12X\n\x0fUndrainEndpoint\x12!.meshgate.v1.DrainEndpointRequest\x1a\".meshgate.v1.DrainEndpointResponse\x12S\n\x0cReloadConfig\x12 .meshgate.v1.ReloadConfigRequest\x1a!.meshgate.v1.ReloadConfigResponse\x12Y\n\x0eListPrincipals\x12\".meshgate.v1.ListPrincipalsRequest\x1a#.meshgate.v1.ListPrincipalsResponseB;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/admin.proto\x12\x0bmeshgate.v1\x1a\x18meshgate/v1/models.proto\" \n\x10ListPoolsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\":\n\x11ListPoolsResponse\x12%\n\x05pools\x18\x01 \x03(\x0b\x32\x16.meshgate.v1.PoolState\"c\n\tPoolState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12(\n\tendpoints\x18\x04 \x03(\x0b\x32\x15.meshgate.v1.Endpoint\"9\n\x14\x44rainEndpointRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\"@\n\x15\x44rainEndpointResponse\x12\'\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x15.meshgate.v1.Endpoint\";\n\x16UndrainEndpointRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\"B\n\x17UndrainEndpointResponse\x12\'\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x15.meshgate.v1.Endpoint\"\x15\n\x13ReloadConfigRequest\"Q\n\x14ReloadConfigResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x03(\t\x12\x18\n\x10restart_required\x18\x03 \x03(\t\"\x17\n\x15ListPrincipalsRequest\"H\n\x16ListPrincipalsResponse\x12.\n\nprincipals\x18\x01 \x03(\x0b\x32\x1a.meshgate.v1.PrincipalInfo\"\xba\x01\n\rPrincipalInfo\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12\x0c\n\x04\x61uth\x18\x05 \x01(\t\x12\x15\n\rcredential_id\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x1d\n\x15last_seen_seconds_ago\x18\t \x01(\x01\x32\xb9\x03\n\x05\x41\x64min\x12J\n\tListPools\x12\x1d.meshgate.v1.ListPoolsRequest\x1a\x1e.meshgate.v1.ListPoolsResponse\x12V\n\rDrainEndpoint\x12!.meshgate.v1.DrainEndpointRequest\x1a\".meshgate.v1.DrainEndpointResponse\x12\\\n\x0fUndrainEndpoint\x12#.meshgate.v1.UndrainEndpointRequest\x1a$.meshgate.v1.UndrainEndpointResponse\x12S\n\x0cReloadConfig\x12 .meshgate.v1.ReloadConfigRequest\x1a!.meshgate.v1.ReloadConfigResponse\x12Y\n\x0eListPrincipals\x12\".meshgate.v1.ListPrincipalsRequest\x1a#.meshgate.v1.ListPrincipalsResponseB;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,16 +43,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINENDPOINTREQUEST']._serialized_end=318
   _globals['_DRAINENDPOINTRESPONSE']._serialized_start=320
   _globals['_DRAINENDPOINTRESPONSE']._serialized_end=384
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=386
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=407
-  _globals['_RELOADCONFIGRESPONSE']._serialized_start=409
-  _globals['_RELOADCONFIGRESPONSE']._serialized_end=490
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=492
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=515
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=517
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=589
-  _globals['_PRINCIPALINFO']._serialized_start=592
-  _globals['_PRINCIPALINFO']._serialized_end=778
-  _globals['_ADMIN']._serialized_start=781
-  _globals['_ADMIN']._serialized_end=1218
+  _globals['_UNDRAINENDPOINTREQUEST']._serialized_start=386
+  _globals['_UNDRAINENDPOINTREQUEST']._serialized_end=445
+  _globals['_UNDRAINENDPOINTRESPONSE']._serialized_start=447
+  _globals['_UNDRAINENDPOINTRESPONSE']._serialized_end=513
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=515
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=536
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=538
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=619
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=621
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=644
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=646
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=718
+  _globals['_PRINCIPALINFO']._serialized_start=721
+  _globals['_PRINCIPALINFO']._serialized_end=907
+  _globals['_ADMIN']._serialized_start=910
+  _globals['_ADMIN']._serialized_end=1351
 # @@protoc_insertion_point(module_scope)

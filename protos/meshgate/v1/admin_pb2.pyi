@@ -45,6 +45,20 @@ class DrainEndpointResponse(_message.Message):
     endpoint: _models_pb2.Endpoint
     def __init__(self, endpoint: _Optional[_Union[_models_pb2.Endpoint, _Mapping]] = ...) -> None: ...
 
+class UndrainEndpointRequest(_message.Message):
+    __slots__ = ("pool", "endpoint_id")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    endpoint_id: str
+    def __init__(self, pool: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+
+class UndrainEndpointResponse(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: _models_pb2.Endpoint
+    def __init__(self, endpoint: _Optional[_Union[_models_pb2.Endpoint, _Mapping]] = ...) -> None: ...
+
 class ReloadConfigRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

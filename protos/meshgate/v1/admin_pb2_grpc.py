@@ -48,8 +48,8 @@ class AdminStub:
                 _registered_method=True)
         self.UndrainEndpoint = channel.unary_unary(
                 '/meshgate.v1.Admin/UndrainEndpoint',
-                request_serializer=meshgate_dot_v1_dot_admin__pb2.DrainEndpointRequest.SerializeToString,
-                response_deserializer=meshgate_dot_v1_dot_admin__pb2.DrainEndpointResponse.FromString,
+                request_serializer=meshgate_dot_v1_dot_admin__pb2.UndrainEndpointRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_admin__pb2.UndrainEndpointResponse.FromString,
                 _registered_method=True)
         self.ReloadConfig = channel.unary_unary(
                 '/meshgate.v1.Admin/ReloadConfig',
@@ -123,8 +123,8 @@ def add_AdminServicer_to_server(servicer, server):
             ),
             'UndrainEndpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.UndrainEndpoint,
-                    request_deserializer=meshgate_dot_v1_dot_admin__pb2.DrainEndpointRequest.FromString,
-                    response_serializer=meshgate_dot_v1_dot_admin__pb2.DrainEndpointResponse.SerializeToString,
+                    request_deserializer=meshgate_dot_v1_dot_admin__pb2.UndrainEndpointRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_admin__pb2.UndrainEndpointResponse.SerializeToString,
             ),
             'ReloadConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadConfig,
@@ -218,8 +218,8 @@ class Admin:
             request,
             target,
             '/meshgate.v1.Admin/UndrainEndpoint',
-            meshgate_dot_v1_dot_admin__pb2.DrainEndpointRequest.SerializeToString,
-            meshgate_dot_v1_dot_admin__pb2.DrainEndpointResponse.FromString,
+            meshgate_dot_v1_dot_admin__pb2.UndrainEndpointRequest.SerializeToString,
+            meshgate_dot_v1_dot_admin__pb2.UndrainEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

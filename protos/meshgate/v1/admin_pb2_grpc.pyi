@@ -42,7 +42,7 @@ class AdminStub:
     Holds across config reloads and discovery changes until UndrainEndpoint (not across a
     restart of this process). NOT_FOUND when no pool lists the endpoint.
     """
-    UndrainEndpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainEndpointRequest, _admin_pb2.DrainEndpointResponse]
+    UndrainEndpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UndrainEndpointRequest, _admin_pb2.UndrainEndpointResponse]
     """Puts a drained endpoint back in rotation."""
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
     """Re-reads the configuration file the gateway started with. It is validated first: a bad
@@ -68,7 +68,7 @@ class AdminAsyncStub(AdminStub):
     Holds across config reloads and discovery changes until UndrainEndpoint (not across a
     restart of this process). NOT_FOUND when no pool lists the endpoint.
     """
-    UndrainEndpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainEndpointRequest, _admin_pb2.DrainEndpointResponse]  # type: ignore[assignment]
+    UndrainEndpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.UndrainEndpointRequest, _admin_pb2.UndrainEndpointResponse]  # type: ignore[assignment]
     """Puts a drained endpoint back in rotation."""
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
     """Re-reads the configuration file the gateway started with. It is validated first: a bad
@@ -107,9 +107,9 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def UndrainEndpoint(
         self,
-        request: _admin_pb2.DrainEndpointRequest,
+        request: _admin_pb2.UndrainEndpointRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DrainEndpointResponse, _abc.Awaitable[_admin_pb2.DrainEndpointResponse]]:
+    ) -> _typing.Union[_admin_pb2.UndrainEndpointResponse, _abc.Awaitable[_admin_pb2.UndrainEndpointResponse]]:
         """Puts a drained endpoint back in rotation."""
 
     @_abc_1.abstractmethod
