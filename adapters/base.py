@@ -125,6 +125,20 @@ class InferResult:
         self.wire = wire
         self._decode = decode
 
+    def for_request(self, request_id: str) -> InferResult:
+        """This answer as the answer to another request with the same content (a cached one):
+        its request id replaced, in the backend's own message too."""
+        if request_id == self.request_id:
+            return self
+        wire = self.wire
+        if wire is not None and hasattr(wire, "CopyFrom") and hasattr(wire, "id"):
+            wire = type(wire)()
+            wire.CopyFrom(self.wire)
+            wire.id = request_id
+        if self._decode is not None:
+            return InferResult(self.model, self.version, request_id, wire=wire, decode=self._decode)
+        return InferResult(self.model, self.version, request_id, self._outputs, self._parameters, wire=wire)
+
     def _load(self) -> None:
         if self._decode is not None:
             self._outputs, self._parameters = self._decode(self.wire)

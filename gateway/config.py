@@ -22,6 +22,7 @@ from discovery.registration import RegisterConfig
 from .endpoints.static import HostPort, PoolConfig, check_hostport, static_snapshots
 from .endpoints.upstream import UpstreamTLS
 from .policy.auth.config import AuthConfig
+from .policy.cache.config import CacheConfig
 from .policy.limits.config import RateLimitsConfig, RedisConfig
 from .server.tls import TLSConfig
 
@@ -218,6 +219,7 @@ class Config(_Strict):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    cache: CacheConfig | None = None  # the response cache; off when absent
     redis: RedisConfig | None = None
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
 

@@ -53,6 +53,7 @@ class Metrics:
         self.token_counts: dict[tuple[str, str], int] = {}
         self.background_errors: dict[tuple[str], int] = {}
         self.undecodable: dict[tuple[str], int] = {}
+        self.cache_results: dict[tuple[str], int] = {}
         self.models = ModelStats()  # per-model counts in Triton's shape (KServe ModelStatistics)
         self.retries = Counter(
             "meshgate_retries_total",
@@ -208,6 +209,13 @@ class _CallCollector(Collector):
             " by RPC method.",
             ["method"],
             m.undecodable,
+        )
+        yield _counter_family(
+            "meshgate_cache_requests",
+            "Calls the response cache looked at, by result (hit, collapsed: answered by an identical"
+            " call's backend call, miss, refresh, bypass, uncacheable: not deterministic).",
+            ["result"],
+            m.cache_results,
         )
         yield _counter_family(
             "meshgate_background_errors",

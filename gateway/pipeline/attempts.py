@@ -55,6 +55,7 @@ class Route(NamedTuple):
     attempts: int
     model: str = ""
     skipped: tuple[str, ...] = ()
+    cache_hit: bool = False  # answered from the response cache (the rest: where that answer came from)
 
 
 class Attempts:

@@ -40,6 +40,7 @@ class CallRecord:
         "attempts",
         "bytes_in",
         "bytes_out",
+        "cache",
         "delivered",
         "endpoint",
         "model",
@@ -62,6 +63,7 @@ class CallRecord:
         # for the x-ratelimit-* trailing metadata (policy/limits/stage.py).
         self.ratelimit: tuple[str, float, float, float] | None = None
         self.usage: Usage | None = None
+        self.cache = ""  # the response cache's verdict: hit | miss | refresh | bypass | uncacheable
 
 
 class RequestContext(NamedTuple):

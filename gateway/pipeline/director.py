@@ -14,7 +14,6 @@ import contextlib
 import inspect
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -50,6 +49,7 @@ from ..routing.outlier import OutlierPolicy, RetryBudget
 from ..routing.scheduler import ProfileSpec, Scheduler
 from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
+from .forward import identity_headers
 from .stages import Call, Outcome, Stage, build_stages
 
 log = logging.getLogger("meshgate.director")
@@ -148,7 +148,10 @@ class Director:
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
             return adapter.infer(_retarget(call, target), timeout)
 
-        return await self._run(Call(ctx, "infer", call.model, call.version, call), attempt)
+        async def replay(cached: InferResult, route: Route) -> InferResult:
+            return cached.for_request(call.request_id)
+
+        return await self._run(Call(ctx, "infer", call.model, call.version, call), attempt, replay=replay)
 
     async def infer_stream(
         self, ctx: RequestContext, call: InferCall, send: Callable[[InferResult, Route], Awaitable[None]]
@@ -160,20 +163,24 @@ class Director:
         if self._forward:
             call = call._replace(headers=self._headers(ctx))
 
+        pc = Call(ctx, "infer", call.model, call.version, call, stream=True)
+
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
             retargeted = _retarget(call, target)
             if isinstance(adapter, InferStreams):
                 results = adapter.infer_stream(retargeted, timeout)
                 async with contextlib.aclosing(results):
                     async for result in results:
-                        record.delivered += 1
-                        await send(result, route)
+                        await self._deliver(pc, send, result, route)
             else:
-                result = await adapter.infer(retargeted, timeout)
-                record.delivered += 1
-                await send(result, route)
+                await self._deliver(pc, send, await adapter.infer(retargeted, timeout), route)
 
-        await self._run(Call(ctx, "infer", call.model, call.version, call, stream=True), attempt)
+        async def replay(cached: tuple[InferResult, ...], route: Route) -> None:
+            for result in cached:
+                record.delivered += 1
+                await send(result.for_request(call.request_id), route)
+
+        await self._run(pc, attempt, replay=replay)
 
     async def model_config(
         self, ctx: RequestContext, model: str, version: str
@@ -203,7 +210,7 @@ class Director:
         ) -> Awaitable[GenerateResult]:
             return _llm(adapter, target.model).generate(call._replace(model=target.model), timeout)
 
-        return await self._run(Call(ctx, "generate", call.model, "", call), attempt, _result_usage)
+        return await self._run(Call(ctx, "generate", call.model, "", call), attempt, _result_usage, _as_is)
 
     async def generate_stream(
         self, ctx: RequestContext, call: GenerateCall, send: Callable[[StreamEvent, Route], Awaitable[None]]
@@ -216,19 +223,29 @@ class Director:
         if self._forward:
             call = call._replace(headers=self._headers(ctx))
 
+        pc = Call(ctx, "generate", call.model, "", call, stream=True)
+
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> StreamEnd | None:
             events = _llm(adapter, target.model).generate_stream(call._replace(model=target.model), timeout)
             end: StreamEnd | None = None
             async with contextlib.aclosing(events):  # closes the upstream request on any exit
                 async for event in events:
-                    record.delivered += 1
                     if not isinstance(event, TextDelta):
                         end = event
                         record.usage = event.usage
-                    await send(event, route)
+                    await self._deliver(pc, send, event, route)
             return end
 
-        return await self._run(Call(ctx, "generate", call.model, "", call, stream=True), attempt)
+        async def replay(cached: tuple[StreamEvent, ...], route: Route) -> StreamEnd | None:
+            end: StreamEnd | None = None
+            for event in cached:
+                record.delivered += 1
+                if not isinstance(event, TextDelta):
+                    end = event
+                await send(event, route)
+            return end
+
+        return await self._run(pc, attempt, replay=replay)
 
     async def embed(self, ctx: RequestContext, call: EmbedCall) -> Routed[EmbedResult]:
         if self._forward:
@@ -237,7 +254,7 @@ class Director:
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[EmbedResult]:
             return _llm(adapter, target.model).embed(call._replace(model=target.model), timeout)
 
-        return await self._run(Call(ctx, "embed", call.model, "", call), attempt, _result_usage)
+        return await self._run(Call(ctx, "embed", call.model, "", call), attempt, _result_usage, _as_is)
 
     async def model_metadata(self, ctx: RequestContext, model: str, version: str) -> Routed[ModelMetadata]:
         def attempt(
@@ -279,27 +296,29 @@ class Director:
         return shown
 
     def _headers(self, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
-        """auth.forward: the caller's identity for the backend (never its credential); a value
-        that is not printable ASCII is percent-encoded (UTF-8), as metadata and headers need."""
-        p = ctx.principal
-        values = {
-            "user": p.user,
-            "project": p.project,
-            "department": p.department,
-            "roles": ",".join(sorted(p.roles)),
-            "credential_id": p.credential_id,
-            "request_id": ctx.request_id,
-        }
-        return tuple(
-            (header, _header_value(values[field])) for header, field in self._forward if values[field]
-        )
+        return identity_headers(self._forward, ctx)
 
     # -- the pipeline ---------------------------------------------------------------------
+    @staticmethod
+    async def _deliver(
+        call: Call, send: Callable[[Any, Route], Awaitable[None]], message: Any, route: Route
+    ) -> None:
+        """One stream message to the caller (and to the cache, when it keeps this stream)."""
+        call.ctx.record.delivered += 1
+        if call.collect is not None:
+            call.collect.append(message)
+        await send(message, route)
+
     async def _run(
-        self, call: Call, attempt: Attempt[T], usage_of: Callable[[T], Usage | None] | None = None
+        self,
+        call: Call,
+        attempt: Attempt[T],
+        usage_of: Callable[[T], Usage | None] | None = None,
+        replay: Callable[[Any, Route], Awaitable[T]] | None = None,
     ) -> Routed[T]:
-        """Admit through every stage in order, run the attempt loop, settle every admitted stage
-        in reverse, however the call ended (answered, refused, failed, cancelled, broken)."""
+        """Admit through every stage in order, run the attempt loop (or, for an answer from the
+        cache, `replay` it), settle every admitted stage in reverse, however the call ended
+        (answered, refused, failed, cancelled, broken)."""
         start = time.monotonic()
         record = call.ctx.record
         record.requested = call.model
@@ -312,9 +331,17 @@ class Director:
                     ticket = await ticket
                 if settle is not None:
                     to_settle.append((stage, settle, settle_async, ticket))
+            if call.hit is not None and replay is not None:
+                cached, route = call.hit
+                route = route._replace(cache_hit=True, attempts=0)
+                record.model, record.pool, record.endpoint = route.model, route.pool, route.endpoint
+                value = await replay(cached, route)
+                code = _OK
+                return Routed(value, route)
             value, route = await self.attempts.run(call, attempt)
             if usage_of is not None:
                 record.usage = usage_of(value)
+            call.result = (tuple(call.collect), route) if call.collect is not None else (value, route)
             code = _OK
             return Routed(value, route)
         except GatewayError as err:
@@ -333,17 +360,15 @@ class Director:
                         log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
 
 
-def _header_value(value: str) -> str:
-    if value.isascii() and value.isprintable():
-        return value
-    return urllib.parse.quote(value, safe="")
-
-
 def _retarget(call: InferCall, target: Target) -> InferCall:
     """`call` for an alias's target (the caller's wire message names another model)."""
     if (target.model, target.version) != (call.model, call.version):
         return call._replace(model=target.model, version=target.version, wire=None)
     return call
+
+
+async def _as_is(cached: T, route: Route) -> T:
+    return cached
 
 
 def _result_usage(result: GenerateResult | EmbedResult) -> Usage | None:

@@ -51,7 +51,18 @@ class Call:
     """One call on its way through the pipeline; the director owns it for the call's life.
     `estimate` is written by ComplexityStage only."""
 
-    __slots__ = ("ctx", "estimate", "kind", "model", "request", "stream", "version")
+    __slots__ = (
+        "collect",
+        "ctx",
+        "estimate",
+        "hit",
+        "kind",
+        "model",
+        "request",
+        "result",
+        "stream",
+        "version",
+    )
 
     def __init__(
         self, ctx: RequestContext, kind: Kind, model: str, version: str, request: Any, stream: bool = False
@@ -63,6 +74,12 @@ class Call:
         self.request = request  # InferCall | GenerateCall | EmbedCall | None (metadata)
         self.stream = stream
         self.estimate = Estimate(0.0)
+        # The response cache (policy/cache/stage.py): `hit` is a cached (answer, route) that
+        # replaces the attempt loop; `collect` (a list) asks a stream's messages to be kept;
+        # `result` is the (answer, route) the call ended with, for the cache to store.
+        self.hit: tuple[Any, Any] | None = None
+        self.collect: list[Any] | None = None
+        self.result: tuple[Any, Any] | None = None
 
 
 class Outcome(NamedTuple):
@@ -186,6 +203,7 @@ def build_stages(
     extra: tuple[Stage, ...] = (),
     authorize: Stage | None = None,
     limits: Stage | None = None,
+    cache: Stage | None = None,
 ) -> tuple[Stage, ...]:
     """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
     a caller learns nothing about a model it may not use. Rate `limits` run after the complexity
@@ -196,6 +214,7 @@ def build_stages(
         ValidationStage(config),
         ComplexityStage(config),
         *((limits,) if limits is not None else ()),
+        *((cache,) if cache is not None else ()),
         *extra,
         UsageStage(metrics),
         ModelStatsStage(metrics.models),

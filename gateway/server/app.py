@@ -47,6 +47,7 @@ from ..pipeline.stages import Stage
 from ..policy.auth.authenticate import build_authentication
 from ..policy.auth.authorize import Rules
 from ..policy.auth.keys import KeyFileError
+from ..policy.cache.store import MemoryCache
 from . import build, ports
 from .background import supervise
 from .interceptors import FrontDoor
@@ -82,6 +83,8 @@ class Gateway:
         self.rules = build.rules(config)
         self._extra_stages = extra_stages
         self.counters = build.counters(config)  # rate limits' shared counters (restart-only: the store)
+        # The response cache's entries: kept across reloads (cache.max_bytes: restart-only).
+        self.cache = MemoryCache(config.cache.max_bytes if config.cache is not None else 0)
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -221,7 +224,7 @@ class Gateway:
             self._background("registration", self.registrar.run)
 
     def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
-        return build.stages(config, self.metrics, rules, self.counters, self._extra_stages)
+        return build.stages(config, self.metrics, rules, self.counters, self.cache, self._extra_stages)
 
     def _start_auth_loops(self) -> None:
         for task in self._auth_tasks:

@@ -11,20 +11,28 @@ from ..config import Config
 from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
 from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.cache.stage import CacheStage
+from ..policy.cache.store import MemoryCache
 from ..policy.limits.stage import RateLimitStage
 from ..stores.counters import Counters, MemoryCounters
 from ..stores.redis_store import RedisCounters
 
 
 def stages(
-    config: Config, metrics: Metrics, rules: Rules | None, counters: Counters, extra: tuple[Stage, ...] = ()
+    config: Config,
+    metrics: Metrics,
+    rules: Rules | None,
+    counters: Counters,
+    cache: MemoryCache,
+    extra: tuple[Stage, ...] = (),
 ) -> tuple[Stage, ...]:
     authorize = AuthorizeStage(rules) if rules is not None else None
     limits = None
     if config.rate_limits.limits:
         slot_ttl = config.server.max_timeout_s + 60.0  # a dead holder's slot frees itself
         limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl)
-    return build_stages(config, metrics, extra, authorize=authorize, limits=limits)
+    cached = CacheStage(config.cache, cache, metrics) if config.cache is not None else None
+    return build_stages(config, metrics, extra, authorize=authorize, limits=limits, cache=cached)
 
 
 def counters(config: Config) -> Counters:

@@ -290,12 +290,17 @@ class FrontDoor:
 def _trailers(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
     """The request id, and the tightest rate limit's state when one applied (the OpenAI
     x-ratelimit-* idea, in gRPC trailing metadata)."""
-    limit = ctx.record.ratelimit
+    limit, cache = ctx.record.ratelimit, ctx.record.cache
     if limit is None:
-        return ((_REQUEST_ID, ctx.request_id),)
+        return (
+            ((_REQUEST_ID, ctx.request_id), ("x-meshgate-cache", cache))
+            if cache
+            else ((_REQUEST_ID, ctx.request_id),)
+        )
     policy, burst, remaining, reset_s = limit
     return (
         (_REQUEST_ID, ctx.request_id),
+        *((("x-meshgate-cache", cache),) if cache else ()),
         ("x-ratelimit-policy", policy),
         ("x-ratelimit-limit", f"{burst:g}"),
         ("x-ratelimit-remaining", str(max(0, int(remaining)))),

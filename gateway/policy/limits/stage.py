@@ -269,6 +269,8 @@ def _used_tokens(call: Call, outcome: Outcome, reserved: int) -> int:
     """What the call used: the backend's count; for a stream that ended without one, the prompt
     and ~1 token per delta delivered; nothing for a call that failed before any output; the
     reservation for an answer without a count."""
+    if call.ctx.record.cache == "hit":
+        return 0  # answered from the cache: no backend produced a token
     usage = outcome.usage
     if usage is not None:
         return int(usage.prompt_tokens + usage.completion_tokens)

@@ -48,6 +48,7 @@ def route_pb(route: Route) -> Any:
         attempts=route.attempts,
         model=route.model,
         skipped=route.skipped,
+        cache_hit=route.cache_hit,
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19meshgate/v1/routing.proto\x12\x0bmeshgate.v1\"}\n\x0cRoutingHints\x12\x18\n\x10preferred_region\x18\x01 \x01(\t\x12*\n\ncache_mode\x18\x02 \x01(\x0e\x32\x16.meshgate.v1.CacheMode\x12\'\n\x06prefer\x18\x03 \x01(\x0e\x32\x17.meshgate.v1.Preference\"n\n\tRouteInfo\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07skipped\x18\x06 \x03(\t*U\n\nPreference\x12\x1a\n\x16PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12PREFERENCE_LATENCY\x10\x01\x12\x13\n\x0fPREFERENCE_COST\x10\x02*j\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_MODE_USE\x10\x01\x12\x15\n\x11\x43\x41\x43HE_MODE_BYPASS\x10\x02\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x03\x42;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19meshgate/v1/routing.proto\x12\x0bmeshgate.v1\"}\n\x0cRoutingHints\x12\x18\n\x10preferred_region\x18\x01 \x01(\t\x12*\n\ncache_mode\x18\x02 \x01(\x0e\x32\x16.meshgate.v1.CacheMode\x12\'\n\x06prefer\x18\x03 \x01(\x0e\x32\x17.meshgate.v1.Preference\"\x81\x01\n\tRouteInfo\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07skipped\x18\x06 \x03(\t\x12\x11\n\tcache_hit\x18\x07 \x01(\x08*U\n\nPreference\x12\x1a\n\x16PREFERENCE_UNSPECIFIED\x10\x00\x12\x16\n\x12PREFERENCE_LATENCY\x10\x01\x12\x13\n\x0fPREFERENCE_COST\x10\x02*j\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_MODE_USE\x10\x01\x12\x15\n\x11\x43\x41\x43HE_MODE_BYPASS\x10\x02\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x03\x42;\n\x0f\x64\x65v.meshgate.v1P\x01Z&meshgate/gen/go/meshgate/v1;meshgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.routing_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.meshgate.v1P\001Z&meshgate/gen/go/meshgate/v1;meshgatev1'
-  _globals['_PREFERENCE']._serialized_start=281
-  _globals['_PREFERENCE']._serialized_end=366
-  _globals['_CACHEMODE']._serialized_start=368
-  _globals['_CACHEMODE']._serialized_end=474
+  _globals['_PREFERENCE']._serialized_start=301
+  _globals['_PREFERENCE']._serialized_end=386
+  _globals['_CACHEMODE']._serialized_start=388
+  _globals['_CACHEMODE']._serialized_end=494
   _globals['_ROUTINGHINTS']._serialized_start=42
   _globals['_ROUTINGHINTS']._serialized_end=167
-  _globals['_ROUTEINFO']._serialized_start=169
-  _globals['_ROUTEINFO']._serialized_end=279
+  _globals['_ROUTEINFO']._serialized_start=170
+  _globals['_ROUTEINFO']._serialized_end=299
 # @@protoc_insertion_point(module_scope)

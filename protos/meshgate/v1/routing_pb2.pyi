@@ -38,17 +38,19 @@ class RoutingHints(_message.Message):
     def __init__(self, preferred_region: _Optional[str] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., prefer: _Optional[_Union[Preference, str]] = ...) -> None: ...
 
 class RouteInfo(_message.Message):
-    __slots__ = ("pool", "endpoint", "backend", "attempts", "model", "skipped")
+    __slots__ = ("pool", "endpoint", "backend", "attempts", "model", "skipped", "cache_hit")
     POOL_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     pool: str
     endpoint: str
     backend: str
     attempts: int
     model: str
     skipped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pool: _Optional[str] = ..., endpoint: _Optional[str] = ..., backend: _Optional[str] = ..., attempts: _Optional[int] = ..., model: _Optional[str] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, pool: _Optional[str] = ..., endpoint: _Optional[str] = ..., backend: _Optional[str] = ..., attempts: _Optional[int] = ..., model: _Optional[str] = ..., skipped: _Optional[_Iterable[str]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
