@@ -21,6 +21,7 @@ from discovery.registration import RegisterConfig
 
 from .endpoints.static import HostPort, PoolConfig, check_hostport, static_snapshots
 from .endpoints.upstream import UpstreamTLS
+from .policy.admission.config import AdmissionConfig
 from .policy.auth.config import AuthConfig
 from .policy.cache.config import CacheConfig
 from .policy.limits.config import RateLimitsConfig, RedisConfig
@@ -220,6 +221,7 @@ class Config(_Strict):
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     cache: CacheConfig | None = None  # the response cache; off when absent
+    admission: AdmissionConfig = AdmissionConfig()  # fair admission to saturated pools; off without pools
     redis: RedisConfig | None = None
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
 

@@ -264,6 +264,15 @@ class Director:
 
         return await self._run(Call(ctx, "metadata", model, version, None), attempt)
 
+    def pools_for(self, model: str, version: str) -> set[str]:
+        """The pools that would serve `model` first (an alias: its first target)."""
+        target = self.policies.chain(model, version)[0][0]
+        try:
+            states = self._table.candidates(target.model, target.version)
+        except GatewayError:
+            return set()
+        return {s.endpoint.pool for s in states if not target.pool or s.endpoint.pool == target.pool}
+
     def model_ready(self, model: str, version: str) -> bool:
         try:
             states = self._table.candidates(model, version)

@@ -204,17 +204,20 @@ def build_stages(
     authorize: Stage | None = None,
     limits: Stage | None = None,
     cache: Stage | None = None,
+    admission: Stage | None = None,
 ) -> tuple[Stage, ...]:
     """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
     a caller learns nothing about a model it may not use. Rate `limits` run after the complexity
-    estimate, whose tokens they reserve; `extra` (tests; later budgets and cache, each in its
-    place) after them."""
+    estimate, whose tokens they reserve; then the `cache` (a hit needs no backend), then fair
+    `admission` (waits for a saturated pool's capacity: last, so a call holds no permit while
+    it waits on anything else); `extra` (tests; later budgets) after them."""
     return (
         *((authorize,) if authorize is not None else ()),
         ValidationStage(config),
         ComplexityStage(config),
         *((limits,) if limits is not None else ()),
         *((cache,) if cache is not None else ()),
+        *((admission,) if admission is not None else ()),
         *extra,
         UsageStage(metrics),
         ModelStatsStage(metrics.models),

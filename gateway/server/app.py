@@ -44,6 +44,7 @@ from ..load import LoadProbe, load_metric_names
 from ..observe.metrics import Metrics
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage
+from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authenticate import build_authentication
 from ..policy.auth.authorize import Rules
 from ..policy.auth.keys import KeyFileError
@@ -65,7 +66,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Gateway:
-    """The composition root: every component is built and wired here, and only here."""
+    """The composition root: every component is built and wired here, and only here. What holds
+    state across config reloads lives here: the rate limits' counters, the response cache's
+    entries and fair admission's queues (waiting calls keep
+    their place); the stages that use them are rebuilt by each reload."""
 
     def __init__(
         self,
@@ -83,8 +87,12 @@ class Gateway:
         self.rules = build.rules(config)
         self._extra_stages = extra_stages
         self.counters = build.counters(config)  # rate limits' shared counters (restart-only: the store)
-        # The response cache's entries: kept across reloads (cache.max_bytes: restart-only).
         self.cache = MemoryCache(config.cache.max_bytes if config.cache is not None else 0)
+        self.admission = AdmissionStage(
+            lambda model, version: self.director.pools_for(model, version),
+            lambda pool: self.table.pool_states(pool),
+            self.metrics.registry,
+        )
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -224,7 +232,9 @@ class Gateway:
             self._background("registration", self.registrar.run)
 
     def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
-        return build.stages(config, self.metrics, rules, self.counters, self.cache, self._extra_stages)
+        return build.stages(
+            config, self.metrics, rules, self.counters, self.cache, self.admission, self._extra_stages
+        )
 
     def _start_auth_loops(self) -> None:
         for task in self._auth_tasks:
@@ -261,6 +271,7 @@ class Gateway:
             self.authentication, self.rules = authentication, rules
             self._start_auth_loops()
         self.table.set_upstream_tls(build.upstream(cfg))
+        self.cache.resize(cfg.cache.max_bytes if cfg.cache is not None else 0)
         new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
         for snap in self.config.static_snapshots():
             if snap.pool not in new_static:

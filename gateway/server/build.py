@@ -10,6 +10,7 @@ from adapters.scrub import register_secret
 from ..config import Config
 from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
+from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authorize import AuthorizeStage, Rules
 from ..policy.cache.stage import CacheStage
 from ..policy.cache.store import MemoryCache
@@ -24,6 +25,7 @@ def stages(
     rules: Rules | None,
     counters: Counters,
     cache: MemoryCache,
+    admission: AdmissionStage,
     extra: tuple[Stage, ...] = (),
 ) -> tuple[Stage, ...]:
     authorize = AuthorizeStage(rules) if rules is not None else None
@@ -32,7 +34,11 @@ def stages(
         slot_ttl = config.server.max_timeout_s + 60.0  # a dead holder's slot frees itself
         limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl)
     cached = CacheStage(config.cache, cache, metrics) if config.cache is not None else None
-    return build_stages(config, metrics, extra, authorize=authorize, limits=limits, cache=cached)
+    admission.configure(config.admission)
+    admit = admission if admission.enabled else None
+    return build_stages(
+        config, metrics, extra, authorize=authorize, limits=limits, cache=cached, admission=admit
+    )
 
 
 def counters(config: Config) -> Counters:

@@ -44,6 +44,13 @@ class MemoryCache:
             self._drop(oldest)
             self.evictions += 1
 
+    def resize(self, max_bytes: int) -> None:
+        """A config reload's cache.max_bytes (0: the cache is off); the oldest go first."""
+        self._max_bytes = max_bytes
+        while self.bytes > max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+
     def _drop(self, key: bytes) -> None:
         self.bytes -= self._entries.pop(key).size
 

@@ -1,0 +1,115 @@
+"""One pool's admission queue: permits up to the pool's capacity, then waiting calls served by
+class (strict priority: a higher class always first) and, within a class, by weighted fair share
+across tenants (start-time fair queuing: each tenant has a virtual time that grows by 1/weight
+per call served; the tenant with the smallest goes next, and a tenant that was idle starts at
+the class's current virtual time, so it can neither starve others nor bank credit).
+
+Event loop thread only: every method runs without an await between reading and writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+class Waiter:
+    __slots__ = ("future", "rank", "tenant")
+
+    def __init__(self, rank: int, tenant: str) -> None:
+        self.rank = rank
+        self.tenant = tenant
+        self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+
+class _Class:
+    __slots__ = ("clock", "queues", "vtime")
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[Waiter]] = {}  # tenant -> its waiters, oldest first
+        self.vtime: dict[str, float] = {}  # tenant -> virtual time of its next call
+        self.clock = 0.0  # virtual time of the last call served
+
+
+class PoolQueue:
+    def __init__(self, classes: int, capacity: Callable[[], float], weight: Callable[[str], float]) -> None:
+        self._classes = [_Class() for _ in range(classes)]
+        self._capacity = capacity
+        self._weight = weight
+        self.in_flight = 0
+        self.waiting = 0
+        self.hold_s = 0.05  # EWMA of how long a permit is held (for the expected wait)
+
+    def capacity(self) -> float:
+        return self._capacity()
+
+    def try_admit(self) -> bool:
+        """A permit now, if the pool has room and nobody waits for one."""
+        if self.waiting == 0 and self.in_flight < self._capacity():
+            self.in_flight += 1
+            return True
+        return False
+
+    def ahead_of(self, rank: int) -> int:
+        """Calls that would be served before a new call of class `rank`."""
+        return sum(len(q) for c in self._classes[: rank + 1] for q in c.queues.values())
+
+    def enqueue(self, waiter: Waiter) -> None:
+        c = self._classes[waiter.rank]
+        queue = c.queues.get(waiter.tenant)
+        if queue is None:
+            queue = c.queues[waiter.tenant] = deque()
+            c.vtime[waiter.tenant] = max(c.vtime.get(waiter.tenant, 0.0), c.clock)
+        queue.append(waiter)
+        self.waiting += 1
+
+    def remove(self, waiter: Waiter) -> None:
+        """A waiter that gave up (deadline, cancellation) or was shed."""
+        c = self._classes[waiter.rank]
+        queue = c.queues.get(waiter.tenant)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self.waiting -= 1
+            if not queue:
+                del c.queues[waiter.tenant]
+
+    def lowest_below(self, rank: int) -> Waiter | None:
+        """The newest waiter of the lowest class below `rank` (the one to shed for it)."""
+        for c in reversed(self._classes[rank + 1 :]):
+            newest = [q[-1] for q in c.queues.values() if q]
+            if newest:
+                return newest[-1]
+        return None
+
+    def release(self, held_s: float) -> None:
+        self.in_flight -= 1
+        self.hold_s += 0.1 * (held_s - self.hold_s)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Grant permits to waiters, in order, while there is room."""
+        while self.waiting and self.in_flight < self._capacity():
+            waiter = self._next()
+            if waiter is None:
+                return
+            if not waiter.future.done():
+                self.in_flight += 1
+                waiter.future.set_result(True)
+
+    def _next(self) -> Waiter | None:
+        for c in self._classes:
+            if not c.queues:
+                continue
+            tenant = min(c.queues, key=lambda t: c.vtime[t])
+            queue = c.queues[tenant]
+            waiter = queue.popleft()
+            self.waiting -= 1
+            c.clock = c.vtime[tenant]
+            c.vtime[tenant] += 1.0 / self._weight(tenant)
+            if not queue:
+                del c.queues[tenant]
+            if len(c.vtime) > 10_000:  # forget idle tenants' virtual times
+                c.vtime = {t: v for t, v in c.vtime.items() if t in c.queues}
+            return waiter
+        return None
