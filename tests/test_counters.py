@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.stores.counters import Bucket, Counters, MemoryCounters, StoreUnavailable
+from gateway.stores.leased import LeasedCounters
 from gateway.stores.redis_store import RedisCounters
 from tests.redis_server import RedisServer
 
@@ -141,3 +142,75 @@ async def test_redis_outage_is_unavailable_at_once_and_recovers(redis_server: Re
     finally:
         await store.aclose()
         server.stop()
+
+
+# -- leased mode -------------------------------------------------------------------------------
+
+
+def _evalsha_calls(url: str) -> int:
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        stats = r.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_leased_mode_takes_far_fewer_round_trips(redis_server: RedisServer) -> None:
+    counts = {}
+    for mode in ("exact", "leased"):
+        redis = RedisCounters(redis_server.url, prefix=f"rt-{mode}-{uuid.uuid4().hex[:6]}:")
+        store: Counters = LeasedCounters(redis, lease_fraction=0.1) if mode == "leased" else redis
+        b = Bucket(key(), 0.001, 1000.0)
+        before = _evalsha_calls(redis_server.url)
+        for _ in range(200):
+            assert (await store.take([b], [1])).allowed
+        counts[mode] = _evalsha_calls(redis_server.url) - before
+        await store.aclose()
+    assert counts["exact"] >= 200
+    assert counts["leased"] <= 3  # leases of 100: two of them
+
+
+async def test_leased_overshoot_stays_within_the_outstanding_leases(redis_server: RedisServer) -> None:
+    """Two replicas hammer one bucket (20/s, burst 20) for 1 s. Exact mode admits at most
+    burst + rate x time = 40; leased mode at most that plus the leases held (2 x 5)."""
+    prefix = f"ov-{uuid.uuid4().hex[:6]}:"
+    replicas = [
+        LeasedCounters(RedisCounters(redis_server.url, prefix=prefix), lease_fraction=0.25) for _ in range(2)
+    ]
+    b = Bucket(key(), 20.0, 20.0)
+    granted = 0
+    stop_at = asyncio.get_running_loop().time() + 1.0
+
+    async def hammer(store: LeasedCounters) -> None:
+        nonlocal granted
+        while asyncio.get_running_loop().time() < stop_at:
+            if (await store.take([b], [1])).allowed:
+                granted += 1
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(hammer(r) for r in replicas for _ in range(4)))
+    for r in replicas:
+        await r.aclose()
+    assert 20 <= granted <= 20 + 20 * 1.05 + 2 * 5, granted
+
+
+async def test_leased_settlement_and_all_or_nothing_reach_redis(redis_server: RedisServer) -> None:
+    prefix = f"st-{uuid.uuid4().hex[:6]}:"
+    leased = LeasedCounters(RedisCounters(redis_server.url, prefix=prefix), lease_fraction=0.1)
+    exact = RedisCounters(redis_server.url, prefix=prefix)
+    a, b = Bucket(key(), 1e-6, 100.0), Bucket(key(), 1e-6, 100.0)
+    try:
+        assert (await leased.take([a], [50])).allowed  # a lease of 50
+        await leased.adjust([a], [-30])  # a debt, sent with the next flush
+        await leased.flush()
+        assert not (await exact.take([a], [21])).allowed  # 100 - 50 - 30 = 20 left in Redis
+        assert (await exact.take([a], [20])).allowed
+        # all or nothing: b exhausted, so a call needing a and b takes nothing from c
+        c = Bucket(key(), 1e-6, 100.0)
+        assert (await exact.take([b], [100])).allowed
+        refused = await leased.take([c, b], [5, 5])
+        assert not refused.allowed and refused.refused_by == 1
+        assert (await exact.take([c], [100])).allowed  # c untouched
+    finally:
+        await leased.aclose()
+        await exact.aclose()

@@ -16,6 +16,7 @@ from ..policy.cache.stage import CacheStage
 from ..policy.cache.store import MemoryCache
 from ..policy.limits.stage import RateLimitStage
 from ..stores.counters import Counters, MemoryCounters
+from ..stores.leased import LeasedCounters
 from ..stores.redis_store import RedisCounters
 
 
@@ -47,7 +48,10 @@ def counters(config: Config) -> Counters:
         password = urllib.parse.urlsplit(r.url).password
         if password:
             register_secret(password)  # masked in every message and log line
-        return RedisCounters(r.url, timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
+        redis = RedisCounters(r.url, timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
+        if r.mode == "leased":
+            return LeasedCounters(redis, lease_fraction=r.lease_fraction, lease_s=r.lease_s)
+        return redis
     return MemoryCounters()
 
 

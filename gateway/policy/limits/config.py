@@ -66,3 +66,8 @@ class RedisConfig(_Strict):
     timeout_s: float = Field(default=0.25, gt=0)  # per operation; then the limit's on_store_error
     retry_s: float = Field(default=1.0, gt=0)  # after a failure, Redis is not tried for this long
     prefix: str = "meshgate:"  # every key starts with it
+    # exact: one round trip per decision; leased: each replica leases lease_fraction of a
+    # bucket's burst at a time and spends it locally (stores/leased.py: the overshoot bound).
+    mode: Literal["exact", "leased"] = "exact"
+    lease_fraction: float = Field(default=0.1, gt=0, le=1)
+    lease_s: float = Field(default=1.0, gt=0)
