@@ -34,6 +34,14 @@ LIMITS = [
         "tokens_burst": 1000,
     },
     {"name": "one-at-a-time", "who": {"users": ["carol"]}, "models": ["sleep"], "concurrent": 1},
+    {
+        "name": "adaptive",
+        "who": {"users": ["dave"]},
+        "models": ["sleep"],
+        "requests_per_s": 40,
+        "burst": 40,
+        "adaptive": {"pressure": 1.0, "min_factor": 0.1},
+    },
 ]
 
 
@@ -230,6 +238,33 @@ def test_calls_in_flight(world: World) -> None:
         assert stub.Infer(
             _sleep_request(1), timeout=10, metadata=world.md("carol")
         ).outputs  # the slot came back
+
+
+def test_adaptive_limits_tighten_while_the_pool_is_loaded(world: World) -> None:
+    """dave's limit on `sleep` is 40/s; while 4 calls run on the pool's one slot (pressure 4),
+    it is a quarter of that, and it relaxes once they are done."""
+
+    def dave_limit() -> str:
+        with grpc.insecure_channel(world.gw.address) as ch:
+            _, call = inference_pb2_grpc.InferenceStub(ch).Infer.with_call(
+                _sleep_request(1), timeout=10, metadata=world.md("dave")
+            )
+        t = _trailers(call)
+        assert t["x-ratelimit-policy"] == "adaptive/requests"
+        return t["x-ratelimit-limit"]
+
+    assert dave_limit() == "40"
+    with grpc.insecure_channel(world.gw.address) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        load = [
+            stub.Infer.future(_sleep_request(1500), timeout=10, metadata=world.md("bob")) for _ in range(4)
+        ]
+        time.sleep(0.3)
+        assert dave_limit() in ("10", "8")  # 40 x 1/4 (or x 1/5, counting dave's own call)
+        for f in load:
+            f.result()
+    time.sleep(0.2)
+    assert dave_limit() == "40"
 
 
 # -- several replicas, one Redis ---------------------------------------------------------------

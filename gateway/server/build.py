@@ -33,7 +33,7 @@ def stages(
     limits = None
     if config.rate_limits.limits:
         slot_ttl = config.server.max_timeout_s + 60.0  # a dead holder's slot frees itself
-        limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl)
+        limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl, admission.pressure)
     cached = CacheStage(config.cache, cache, metrics) if config.cache is not None else None
     admission.configure(config.admission)
     admit = admission if admission.enabled else None

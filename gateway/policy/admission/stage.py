@@ -62,6 +62,7 @@ class AdmissionStage:
         self._pool_states = pool_states
         self._queues: dict[str, PoolQueue] = {}
         self._capacity: dict[str, tuple[float, float]] = {}  # pool -> (capacity, computed at)
+        self._pressure: dict[str, tuple[float, float]] = {}  # pool -> (pressure, computed at)
         self._refusals = Counter(
             "meshgate_admission_refusals_total",
             "Calls refused by fair admission without reaching a backend, by pool, priority class and"
@@ -197,6 +198,34 @@ class AdmissionStage:
         capacity = slots * self._config.per_slot
         self._capacity[pool] = (capacity, now)
         return capacity
+
+    def pressure(self, model: str, version: str) -> float:
+        """How loaded the pool serving `model` is: (calls running there + calls queued at its
+        servers by other callers + calls waiting here) per usable endpoint slot; 0 when the model
+        is unknown or spread over several pools. For adaptive rate limits; cached 100 ms."""
+        pools = self._pools_for(model, version)
+        if len(pools) != 1:
+            return 0.0
+        pool = next(iter(pools))
+        now = time.monotonic()
+        cached = self._pressure.get(pool)
+        if cached is not None and now - cached[1] < 0.1:
+            return cached[0]
+        slots, busy = 0, 0.0
+        for s in self._pool_states(pool):
+            if not s.health.live or s.drained:
+                continue
+            slots += s.endpoint.slots
+            busy += s.calls.in_flight
+            load = s.scrape.load
+            if load is not None and load.queue is not None and now - load.at < 5.0:
+                busy += max(0.0, load.queue - s.scrape.queued_at_scrape)  # others' waiting calls
+        queue = self._queues.get(pool)
+        if queue is not None:
+            busy += queue.waiting
+        value = busy / slots if slots else 0.0
+        self._pressure[pool] = (value, now)
+        return value
 
     def _weight(self, tenant: str) -> float:
         return self._config.weights.get(tenant, 1.0)

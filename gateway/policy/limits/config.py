@@ -15,6 +15,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Adaptive(_Strict):
+    """Tighten a limit while the pool serving the call is under pressure: (calls running there
+    + calls queued at its servers and in the gateway) per endpoint slot. Above `pressure`, the
+    rate and burst are scaled by pressure / observed (never below `min_factor`); they relax as
+    the pool recovers."""
+
+    pressure: float = Field(default=1.0, gt=0)
+    min_factor: float = Field(default=0.1, gt=0, le=1)
+
+
 class RateLimit(_Strict):
     """One limit. It applies to the calls whose principal matches `who` (empty: everybody) and
     whose model (or alias, as the caller named it) matches one of `models`; each distinct value
@@ -29,6 +39,7 @@ class RateLimit(_Strict):
     tokens_per_min: float | None = Field(default=None, gt=0)  # LLM calls: prompt + output tokens
     tokens_burst: float | None = Field(default=None, ge=1)  # default: one minute's worth
     concurrent: int | None = Field(default=None, ge=1)  # calls in flight at once
+    adaptive: Adaptive | None = None  # tighten while the serving pool is under pressure
     # When the store cannot be reached: let the call through (open) or refuse it (closed).
     on_store_error: Literal["open", "closed"] = "open"
 

@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import logging
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 import grpc
@@ -72,8 +73,14 @@ class RateLimitStage:
     name = "rate_limit"
 
     def __init__(
-        self, limits: list[RateLimit], counters: Counters, metrics: Metrics, slot_ttl_s: float
+        self,
+        limits: list[RateLimit],
+        counters: Counters,
+        metrics: Metrics,
+        slot_ttl_s: float,
+        pressure: Callable[[str, str], float] = lambda model, version: 0.0,
     ) -> None:
+        self._pressure = pressure
         self._rules = [_Rule(r, re.compile("|".join(fnmatch.translate(m) for m in r.models))) for r in limits]
         self._counters = counters
         self._metrics = metrics
@@ -105,18 +112,23 @@ class RateLimitStage:
         buckets: list[Bucket] = []
         costs: list[float] = []
         token_idx: list[int] = []
+        pressure = -1.0
         for a in applied:
             r = a.rule
+            f = 1.0  # the adaptive factor: < 1 while the serving pool is under pressure
+            if r.adaptive is not None:
+                if pressure < 0:
+                    pressure = self._pressure(call.model, call.version)
+                if pressure > r.adaptive.pressure:
+                    f = max(r.adaptive.min_factor, r.adaptive.pressure / pressure)
             if r.requests_per_s is not None:
-                buckets.append(
-                    Bucket(f"rl:{a.key}:requests", r.requests_per_s, r.burst or max(1.0, r.requests_per_s))
-                )
+                burst = r.burst or max(1.0, r.requests_per_s)
+                buckets.append(Bucket(f"rl:{a.key}:requests", r.requests_per_s * f, max(1.0, burst * f)))
                 costs.append(1.0)
             if r.tokens_per_min is not None and tokens:
                 token_idx.append(len(buckets))
-                buckets.append(
-                    Bucket(f"rl:{a.key}:tokens", r.tokens_per_min / 60.0, r.tokens_burst or r.tokens_per_min)
-                )
+                burst = r.tokens_burst or r.tokens_per_min
+                buckets.append(Bucket(f"rl:{a.key}:tokens", r.tokens_per_min / 60.0 * f, max(1.0, burst * f)))
                 costs.append(float(tokens))
         if buckets:
             try:
@@ -185,6 +197,10 @@ class RateLimitStage:
         )
         if kind == "requests":
             what = f"{a.rule.requests_per_s:g} requests/s (burst {bucket.burst:g})"
+            if a.rule.requests_per_s and bucket.rate < a.rule.requests_per_s:
+                what += (
+                    f", tightened to {bucket.rate / a.rule.requests_per_s:.0%} while its pool is under load"
+                )
         else:
             what = f"{a.rule.tokens_per_min:g} tokens/min (this call reserves {call.estimate.prompt_tokens + call.estimate.output_tokens})"
         if d.retry_after == float("inf") or d.retry_after > 86400:
