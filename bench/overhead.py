@@ -11,6 +11,8 @@ concurrency 1 and 64:
   meshgate-2w h2load -> meshgate --workers 2  -> backend
   meshgate-apikey  meshgate with auth: an API key in `authorization` metadata, a rule to pass
   meshgate-jwt     meshgate with auth: an ES256 JWT (verified once, then cached until it expires)
+  meshgate-policy-* / meshgate-cache-hit   auth + rate limits (memory, Redis exact, Redis leased)
+              + response cache (miss, or hit): bench/policy.py
   meshgate-before  with --baseline REV: the gateway of that commit, same config, same run
   nginx       h2load -> nginx grpc_pass (1 worker, the C reference) -> backend
 
@@ -308,6 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.chmod(0o755)  # nginx workers run as an unprivileged user and read the replies
     py = sys.executable
     results: dict[str, Any] = {}
+    redis: Any = None  # a redis-server for the policy paths, started when first needed
     baseline = baseline_tree(work, args.baseline) if args.baseline else None
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
@@ -338,6 +341,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if baseline is not None:
             gateways.insert(1, ("meshgate-before", 1, baseline))
         auths = auth_setups(work) if args.auth else {}
+        if args.policy:
+            if redis is None:
+                from tests.redis_server import RedisServer
+
+                redis = RedisServer().start()
+            from bench.policy import policy_setups
+
+            apikey = auths.get("meshgate-apikey") or auth_setups(work)["meshgate-apikey"]
+            auths |= policy_setups(apikey, redis.url)
         gateways += [(name, 1, ROOT) for name in auths]
         for name, workers, tree in gateways:
             p = free_port()
@@ -385,6 +397,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if proc:
                     stop(proc)
             stop(backend)
+    if redis is not None:
+        redis.stop()
     if baseline is not None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     return results
@@ -434,6 +448,16 @@ def report(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if with_before else ""),
         *summary,
     ]
+    from bench.policy import report_rows
+
+    policy_rows = report_rows(results)
+    if policy_rows:
+        lines += [
+            "",
+            "| payload / concurrency | policy path | req/s | vs no policy | added p50 us | CPU us/call added |",
+            "|---|---|---:|---:|---:|---:|",
+            *policy_rows,
+        ]
     if auth_rows:
         lines += [
             "",
@@ -458,6 +482,9 @@ def main() -> int:
         help="also run the gateway of git revision REV (a worktree), side by side: meshgate-before",
     )
     ap.add_argument("--no-auth", dest="auth", action="store_false", help="leave out the authenticated paths")
+    ap.add_argument(
+        "--no-policy", dest="policy", action="store_false", help="leave out the policy paths (limits, cache)"
+    )
     args = ap.parse_args()
     print(
         f"meshgate overhead benchmark: {os.cpu_count()} CPUs, {args.rounds} rounds of {args.seconds:g} s per path",

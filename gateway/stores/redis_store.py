@@ -1,5 +1,5 @@
-"""Counters in Redis, for several gateway replicas (redis.asyncio; Lua scripts loaded once and
-called by SHA, reloaded by redis-py if Redis restarts and forgets them).
+"""Counters in Redis, for several gateway replicas (resp.py: one pipelined connection; Lua
+scripts called by SHA, loaded when Redis does not know them: at first use and after a restart).
 
 Each operation is one script, so a multi-bucket take is atomic across replicas: no replica can
 take between another's check and its write. Time is Redis's own (TIME), so replicas whose
@@ -14,14 +14,14 @@ next call tries again, so limits resume when Redis returns, without a restart.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from .counters import Bucket, Decision, StoreUnavailable
+from .resp import RedisReplyError, RespClient
 
 _NOW = """
 local t = redis.call('TIME')
@@ -101,30 +101,47 @@ return {1, n + 1}
 )
 
 
+class _Script:
+    """A Lua script called by SHA (EVALSHA); loaded (SCRIPT LOAD) the first time Redis does not
+    know it: at first use, and after a Redis restart."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
 class RedisCounters:
     def __init__(
         self, url: str, *, timeout_s: float = 0.25, retry_s: float = 1.0, prefix: str = "meshgate:"
     ) -> None:
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+        self._redis = RespClient(url, timeout_s)
         self._prefix = prefix
         self._retry_s = retry_s
         self._down_until = 0.0
-        self._take = self._redis.register_script(TAKE)
-        self._adjust = self._redis.register_script(ADJUST)
-        self._acquire = self._redis.register_script(ACQUIRE)
+        self._take = _Script(TAKE)
+        self._adjust = _Script(ADJUST)
+        self._acquire = _Script(ACQUIRE)
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, *args: Any) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
             raise StoreUnavailable("redis: unreachable (not retried for a moment)")
         try:
-            result = await script(keys=keys, args=args)
-        except (RedisError, OSError) as err:
+            result = await self._redis.execute(*args)
+        except (ConnectionError, RedisReplyError, OSError) as err:
             self._down_until = time.monotonic() + self._retry_s
-            raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
+            raise StoreUnavailable(f"redis: {err}") from None
         self._down_until = 0.0
         return result
+
+    async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except StoreUnavailable as err:
+            if "NOSCRIPT" not in str(err):
+                raise
+            self._down_until = 0.0
+            await self._call("SCRIPT", "LOAD", script.source)
+            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[float]) -> Decision:
         args: list[Any] = []
@@ -146,12 +163,8 @@ class RedisCounters:
         return out[0] == 1, int(out[1])
 
     async def release(self, key: str, slot: str) -> None:
-        if self._down_until and time.monotonic() < self._down_until:
-            return  # the slot expires on its own
-        try:
-            await self._redis.zrem(self._prefix + key, slot)
-        except (RedisError, OSError):
-            self._down_until = time.monotonic() + self._retry_s
+        with contextlib.suppress(StoreUnavailable):  # else the slot expires on its own
+            await self._call("ZREM", self._prefix + key, slot)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
