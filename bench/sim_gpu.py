@@ -72,8 +72,11 @@ class SimGPU(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         shape = request.inputs[0].shape if request.inputs else []
         units = cost * (shape[0] if shape else 1)
         self.waiting[model] += 1
-        async with self._slots:
+        try:
+            await self._slots.acquire()
+        finally:  # a call cancelled while it waits for a slot leaves the queue too
             self.waiting[model] -= 1
+        try:
             self._account()
             self.busy += 1
             started = time.monotonic()
@@ -85,6 +88,8 @@ class SimGPU(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 self.busy -= 1
                 self.done[model] += 1
                 self.compute_us[model] += (time.monotonic() - started) * 1e6
+        finally:
+            self._slots.release()
         return pb.ModelInferResponse(model_name=model, id=request.id)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:

@@ -248,7 +248,7 @@ class FrontDoor:
                 return response
             except GatewayError as err:
                 code = err.code
-                await abort(context, err, _trailers(ctx))
+                await self._answer(context, err, ctx)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -264,6 +264,19 @@ class FrontDoor:
                 self._done(ctx, code, start)
 
         return handle
+
+    @staticmethod
+    async def _answer(context: Context, err: GatewayError, ctx: RequestContext) -> None:
+        """End the call with `err`; quietly when the caller is already gone (its deadline passed
+        or it cancelled as the error was raised): there is nobody left to tell."""
+        if context.cancelled():
+            raise asyncio.CancelledError
+        try:
+            await abort(context, err, _trailers(ctx))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # noqa: BLE001  (grpc's ExecuteBatchError: it could not send the status, the call ended under us)
+            raise asyncio.CancelledError from None
 
     def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float) -> None:
         seconds = time.monotonic() - start

@@ -10,16 +10,18 @@ Event loop thread only: every method runs without an await between reading and w
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
 
 class Waiter:
-    __slots__ = ("future", "rank", "tenant")
+    __slots__ = ("deadline", "future", "rank", "tenant")
 
-    def __init__(self, rank: int, tenant: str) -> None:
+    def __init__(self, rank: int, tenant: str, deadline: float = float("inf")) -> None:
         self.rank = rank
         self.tenant = tenant
+        self.deadline = deadline  # time.monotonic() by which the caller needs its answer
         self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
 
@@ -51,9 +53,14 @@ class PoolQueue:
             return True
         return False
 
-    def ahead_of(self, rank: int) -> int:
-        """Calls that would be served before a new call of class `rank`."""
-        return sum(len(q) for c in self._classes[: rank + 1] for q in c.queues.values())
+    def ahead_of(self, rank: int, tenant: str) -> int:
+        """About how many calls would be served before a new call of `tenant` in class `rank`:
+        every call of the classes above, and in its own class, fair share's order: each
+        tenant's calls up to as many as this tenant has waiting, plus one."""
+        higher = sum(len(q) for c in self._classes[:rank] for q in c.queues.values())
+        own_class = self._classes[rank].queues
+        own = len(own_class.get(tenant, ()))
+        return higher + sum(min(len(q), own + 1) for q in own_class.values())
 
     def enqueue(self, waiter: Waiter) -> None:
         c = self._classes[waiter.rank]
@@ -88,14 +95,20 @@ class PoolQueue:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Grant permits to waiters, in order, while there is room."""
+        """Grant permits to waiters, in order, while there is room. A waiter whose deadline is
+        nearer than a call takes is told so instead: the backend would work for nobody."""
+        now = time.monotonic()
         while self.waiting and self.in_flight < self._capacity():
             waiter = self._next()
             if waiter is None:
                 return
-            if not waiter.future.done():
-                self.in_flight += 1
-                waiter.future.set_result(True)
+            if waiter.future.done():
+                continue
+            if waiter.deadline - now < self.hold_s:
+                waiter.future.set_result(False)
+                continue
+            self.in_flight += 1
+            waiter.future.set_result(True)
 
     def _next(self) -> Waiter | None:
         for c in self._classes:

@@ -114,7 +114,8 @@ class AdmissionStage:
         start = time.monotonic()
         remaining = ctx.deadline - start
         capacity = queue.capacity()
-        expected = (queue.ahead_of(rank) + 1) * queue.hold_s / capacity
+        tenant = self._tenant(ctx.principal)
+        expected = (queue.ahead_of(rank, tenant) + 1) * queue.hold_s / capacity
         if cls.max_wait_s == 0:
             raise self._refuse(pool, cls.name, "shed", f"{cls.name} calls are shed", queue.hold_s, queue)
         if expected > remaining:
@@ -127,29 +128,17 @@ class AdmissionStage:
                 queue,
             )
         if queue.waiting >= self._config.max_queued:
-            victim = queue.lowest_below(rank)
-            if victim is None:
-                raise self._refuse(
-                    pool, cls.name, "full", f"{queue.waiting} calls wait already", expected, queue
-                )
-            queue.remove(victim)
-            victim_class = self._config.classes[victim.rank].name
-            self._refusals.labels(pool, victim_class, "displaced").inc()
-            victim.future.set_exception(
-                GatewayError(
-                    _EXHAUSTED,
-                    f"pool {pool} is at capacity: this {victim_class} call was shed for a higher-priority one",
-                    retry_after=queue.hold_s,
-                )
-            )
-        waiter = Waiter(rank, self._tenant(ctx.principal))
+            self._make_room(pool, queue, rank, expected)
+        waiter = Waiter(rank, tenant, ctx.deadline)
         queue.enqueue(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), min(remaining, cls.max_wait_s))
+            # Give up a little before the caller does, so that it hears why.
+            patience = min(remaining - 0.01, cls.max_wait_s)
+            granted = await asyncio.wait_for(asyncio.shield(waiter.future), max(patience, 0.0))
         except TimeoutError:
             queue.remove(waiter)
-            if waiter.future.done() and not waiter.future.exception():  # granted as time ran out
-                return Permit(queue, time.monotonic())
+            if waiter.future.done() and not waiter.future.exception() and waiter.future.result():
+                return Permit(queue, time.monotonic())  # granted as time ran out
             if start + cls.max_wait_s < ctx.deadline:
                 raise self._refuse(
                     pool,
@@ -165,10 +154,34 @@ class AdmissionStage:
             ) from None
         except asyncio.CancelledError:
             queue.remove(waiter)
-            if waiter.future.done() and not waiter.future.cancelled() and not waiter.future.exception():
+            future = waiter.future
+            if future.done() and not future.cancelled() and not future.exception() and future.result():
                 queue.release(0.0)  # granted just as the caller left: pass it on
             raise
+        if not granted:
+            raise GatewayError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"pool {pool}: capacity came too late for this call's deadline ({ctx.deadline - time.monotonic():.2f} s"
+                f" left, a call takes ~{queue.hold_s:.2f} s); not sent",
+            )
         return Permit(queue, time.monotonic())
+
+    def _make_room(self, pool: str, queue: PoolQueue, rank: int, expected: float) -> None:
+        """The queue is full: shed the newest waiter of a lower class than `rank`, or refuse."""
+        cls = self._config.classes[rank]
+        victim = queue.lowest_below(rank)
+        if victim is None:
+            raise self._refuse(pool, cls.name, "full", f"{queue.waiting} calls wait already", expected, queue)
+        queue.remove(victim)
+        victim_class = self._config.classes[victim.rank].name
+        self._refusals.labels(pool, victim_class, "displaced").inc()
+        victim.future.set_exception(
+            GatewayError(
+                _EXHAUSTED,
+                f"pool {pool} is at capacity: this {victim_class} call was shed for a higher-priority one",
+                retry_after=queue.hold_s,
+            )
+        )
 
     def settle(self, call: Call, permit: Permit | None, outcome: Outcome) -> None:
         if permit is not None:
