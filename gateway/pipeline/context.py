@@ -29,6 +29,14 @@ class Principal(NamedTuple):
     auth: str = "anonymous"  # how it authenticated: anonymous | api_key | jwt | mtls
     credential_id: str = ""  # key id, token id or certificate serial for audit; never a secret
 
+    @classmethod
+    def of(cls, record: Any, auth: str, credential_id: str) -> Principal:
+        """The principal a configured record stands for (a keys-file entry, an mTLS identity:
+        anything with user, project, department and roles)."""
+        return cls(
+            record.user, record.project, record.department, frozenset(record.roles), auth, credential_id
+        )
+
 
 ANONYMOUS = Principal()
 

@@ -85,14 +85,7 @@ class ApiKeyAuthenticator:
 
     @staticmethod
     def principal(entry: KeyEntry) -> Principal:
-        return Principal(
-            user=entry.user,
-            project=entry.project,
-            department=entry.department,
-            roles=frozenset(entry.roles),
-            auth="api_key",
-            credential_id=entry.id,
-        )
+        return Principal.of(entry, "api_key", entry.id)
 
     @property
     def store(self) -> KeyStore:

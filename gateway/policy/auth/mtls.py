@@ -72,14 +72,7 @@ class MtlsAuthenticator:
 
     @staticmethod
     def _principal(ident: Any, credential_id: str) -> Principal:
-        return Principal(
-            user=ident.user,
-            project=ident.project,
-            department=ident.department,
-            roles=frozenset(ident.roles),
-            auth="mtls",
-            credential_id=credential_id,
-        )
+        return Principal.of(ident, "mtls", credential_id)
 
     def loops(self) -> list[Any]:
         return []
