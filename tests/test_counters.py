@@ -11,11 +11,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from adapters.llm import Usage
+from gateway.errors import GatewayError
+from gateway.observe.metrics import Metrics
+from gateway.pipeline.context import Principal, RequestContext
+from gateway.pipeline.stages import Call, Estimate, Outcome
+from gateway.policy.limits.config import RateLimit
+from gateway.policy.limits.stage import RateLimitStage
 from gateway.stores.counters import Bucket, Counters, MemoryCounters, StoreUnavailable
 from gateway.stores.leased import LeasedCounters
 from gateway.stores.redis_store import RedisCounters
@@ -214,3 +224,53 @@ async def test_leased_settlement_and_all_or_nothing_reach_redis(redis_server: Re
     finally:
         await leased.aclose()
         await exact.aclose()
+
+
+# -- the token limit as the stage uses it --------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    waves=st.lists(
+        st.lists(
+            st.tuples(st.integers(1, 400), st.integers(1, 400), st.floats(0.0, 1.0)), min_size=1, max_size=25
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+async def test_token_bursts_never_exceed_the_limit(
+    counters: Counters, waves: list[list[tuple[int, int, float]]]
+) -> None:
+    """Waves of concurrent LLM calls (prompt, max_tokens, the share of max_tokens they really
+    generate) against one 1,000-token budget with no refill: every wave is admitted at once
+    (reservations race), then settled from usage. The tokens the admitted calls used never
+    exceed the budget, and a call whose reservation fit when nothing else was held is never refused
+    for want of atomicity."""
+    limit = RateLimit(name="tpm", key=["project"], tokens_per_min=1e-6, tokens_burst=1000)
+    stage = RateLimitStage([limit], counters, Metrics(CollectorRegistry()), 60.0)
+    principal = Principal(user="u", project=f"p-{key()}")
+    used_total = 0
+    for wave in waves:
+        calls = []
+        for i, (prompt, max_tokens, share) in enumerate(wave):
+            ctx = RequestContext.new(f"r{i}", "Generate", 10.0, principal=principal)
+            call = Call(ctx, "generate", "m", "", None)
+            call.estimate = Estimate((prompt + max_tokens) / 1000, prompt, max_tokens)
+            calls.append((call, prompt, int(max_tokens * share)))
+
+        async def one(call: Call) -> Any:
+            try:
+                return await stage.admit(call)
+            except GatewayError:
+                return None
+
+        tickets = await asyncio.gather(*(one(c) for c, _, _ in calls))
+        if wave is waves[0] and any(p + m <= 1000 for p, m, _ in wave):
+            assert any(t is not None for t in tickets)  # an empty budget admits the first that fits
+        for (call, prompt, completion), ticket in zip(calls, tickets, strict=True):
+            if ticket is not None:
+                used_total += prompt + completion
+                usage = Usage(prompt, completion)
+                await stage.settle(call, ticket, Outcome(grpc.StatusCode.OK, usage, 0.01))
+        assert used_total <= 1000
