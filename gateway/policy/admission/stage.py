@@ -252,13 +252,7 @@ class AdmissionStage:
         if rank is None:
             name = self._config.default_class
             for rule in self._config.class_rules:
-                w = rule.who
-                if (
-                    p.user in w.users
-                    or p.project in w.projects
-                    or p.department in w.departments
-                    or not p.roles.isdisjoint(w.roles)
-                ):
+                if rule.who.matches(p):
                     name = rule.priority
                     break
             rank = self._class_of[p] = self._rank[name]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -91,6 +91,18 @@ class Who(_Strict):
     roles: list[str] = Field(default_factory=list)
     projects: list[str] = Field(default_factory=list)
     departments: list[str] = Field(default_factory=list)
+
+    def matches(self, p: Any) -> bool:
+        """Does principal `p` (user, project, department, roles) match? For rules looked up once
+        per principal and cached (rate limits, admission classes); authorize.py compiles its own."""
+        if not (self.users or self.roles or self.projects or self.departments):
+            return True
+        return (
+            p.user in self.users
+            or p.project in self.projects
+            or p.department in self.departments
+            or not p.roles.isdisjoint(self.roles)
+        )
 
 
 class Rule(_Strict):

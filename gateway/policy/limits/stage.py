@@ -97,7 +97,7 @@ class RateLimitStage:
             cached = self._cache[(principal, model)] = tuple(
                 _Applied(r.limit, _key(r.limit, principal, model))
                 for r in self._rules
-                if _matches(r.limit, principal) and r.models.fullmatch(model)
+                if r.limit.who.matches(principal) and r.models.fullmatch(model)
             )
         return cached
 
@@ -239,18 +239,6 @@ class RateLimitStage:
     async def _release(self, key: str, slot: str) -> None:
         with contextlib.suppress(StoreUnavailable):  # else the slot expires on its own
             await self._counters.release(key, slot)
-
-
-def _matches(r: RateLimit, p: Principal) -> bool:
-    w = r.who
-    if not (w.users or w.roles or w.projects or w.departments):
-        return True
-    return (
-        p.user in w.users
-        or p.project in w.projects
-        or p.department in w.departments
-        or bool(set(w.roles) & p.roles)
-    )
 
 
 def _key(r: RateLimit, p: Principal, model: str) -> str:
