@@ -231,6 +231,8 @@ class Config(_Strict):
             raise ValueError(
                 "rate_limits.store: redis needs a redis section (redis: {url: redis://host:6379/0})"
             )
+        if self.cache is not None and self.cache.store == "redis" and self.redis is None:
+            raise ValueError("cache.store: redis needs a redis section (redis: {url: redis://host:6379/0})")
         return self
 
     @model_validator(mode="after")

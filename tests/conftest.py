@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from tests.procs import Gateway, MLServer, TorchServe, Triton, pool_config
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +87,11 @@ def gateway(triton_a: Triton, triton_b: Triton, mlserver: MLServer) -> Iterator[
 def channel(gateway: Gateway) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(gateway.address) as ch:
         yield ch
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis for one test module (stopped and started again by outage tests)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()

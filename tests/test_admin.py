@@ -21,6 +21,8 @@ import pytest
 import yaml
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, tensor_pb2
 
+from gateway.config import Config
+from gateway.server.reload import plan_reload
 from tests.helpers import add_sub_request, infer
 from tests.procs import ROOT, Gateway, Triton, free_ports, make_key, pool_config, wait_until
 
@@ -319,6 +321,17 @@ def test_restart_only_settings_wait_and_cannot_open_the_door(world: World) -> No
     resp = world.reload()
     assert list(resp.restart_required) == ["server.listen"] and list(resp.applied) == []
     assert sum(_routes(world, 2).values()) == 2  # still on the old port
+
+
+def test_the_cache_store_waits_for_a_restart_and_the_rest_of_the_cache_applies() -> None:
+    running = Config.model_validate({"cache": {"max_bytes": 4096}})
+    new = Config.model_validate(
+        {"cache": {"max_bytes": 8192, "store": "redis"}, "redis": {"url": "redis://127.0.0.1:1/0"}}
+    )
+    plan = plan_reload(running, new, "meshgate.yaml")
+    assert plan.restart_required == ["cache.store", "redis"] and plan.applied == ["cache"]
+    assert plan.config.cache is not None
+    assert (plan.config.cache.store, plan.config.cache.max_bytes) == ("memory", 8192)
 
 
 def test_reload_cannot_turn_auth_off_on_a_listener_others_reach(

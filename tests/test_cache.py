@@ -1,7 +1,8 @@
-"""The response cache through the real front door: hit, miss, TTL expiry, byte-bound eviction,
-refresh, bypass, collapsed misses (one backend call), a cached stream replayed as a stream, the
-KServe door's answer carrying the second caller's id, non-deterministic calls never cached, and
-tenant B never receiving tenant A's answer."""
+"""The response cache through the real front door, over both stores (memory, and a real Redis):
+hit, miss, TTL expiry, byte-bound eviction, refresh, bypass, collapsed misses (one backend call), a
+cached stream replayed as a stream, the KServe door's answer carrying the second caller's id,
+non-deterministic calls never cached, and tenant B never receiving tenant A's answer. With Redis:
+two replicas share one cache, and Redis stopped is a miss (never an error) until it returns."""
 
 from __future__ import annotations
 
@@ -20,13 +21,21 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tests.helpers import add_sub_request, metric_value, output
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import Gateway, Triton, make_key
+from tests.redis_server import RedisServer
 
 TTL = 1.5
 
 
 class World:
-    def __init__(self, gw: Gateway, keys: dict[str, str], llm: OpenAIStandIn) -> None:
-        self.gw, self.keys, self.llm = gw, keys, llm
+    def __init__(
+        self,
+        gw: Gateway,
+        keys: dict[str, str],
+        llm: OpenAIStandIn,
+        config: dict[str, Any],
+        redis: RedisServer | None,
+    ) -> None:
+        self.gw, self.keys, self.llm, self.config, self.redis = gw, keys, llm, config, redis
 
     def md(self, who: str = "bob") -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
@@ -40,8 +49,11 @@ class World:
         )
 
 
-@pytest.fixture(scope="module")
-def world(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def world(
+    request: pytest.FixtureRequest, triton_a: Triton, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    redis = RedisServer().start() if request.param == "redis" else None
     keys_file = tmp_path_factory.mktemp("cache") / "keys.yaml"
     keys = {
         "bob": make_key(keys_file, "--user", "bob", "--project", "ads"),
@@ -73,16 +85,20 @@ def world(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             },
         },
         "auth": {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}},
-        "cache": {"ttl_s": TTL, "max_bytes": 4096},
+        "cache": {"ttl_s": TTL, "max_bytes": 4096, "store": request.param},
     }
+    if redis is not None:
+        config["redis"] = {"url": redis.url, "timeout_s": 0.2, "retry_s": 0.3}
     gw = Gateway(config).start()
     try:
         gw.wait_serving("tritons")
         gw.wait_serving("llm")
-        yield World(gw, keys, llm)
+        yield World(gw, keys, llm, config, redis)
     finally:
         gw.stop()
         llm.close()
+        if redis is not None:
+            redis.stop()
 
 
 def _infer(world: World, req: Any, who: str = "bob") -> tuple[Any, str]:
@@ -213,3 +229,30 @@ def test_the_kserve_door_answers_a_hit_with_the_callers_id(world: World) -> None
     assert dict(call2.trailing_metadata())["x-meshgate-cache"] == "hit"
     assert (first.id, second.id) == ("first", "second")
     assert second.raw_output_contents == first.raw_output_contents
+
+
+@pytest.mark.parametrize("world", ["redis"], indirect=True)
+def test_replicas_share_the_redis_cache_and_redis_down_is_a_miss(world: World) -> None:
+    assert world.redis is not None
+    req = add_sub_request([11.0], [12.0])
+    assert _infer(world, req)[1] == "miss"
+    second = Gateway(world.config).start()
+    try:
+        second.wait_serving("tritons")
+        other = World(second, world.keys, world.llm, world.config, world.redis)
+        resp, verdict = _infer(other, req)
+        assert verdict == "hit" and resp.route.cache_hit and output(resp, "OUTPUT0").tolist() == [23.0]
+        assert _infer(other, req, who="alice")[1] == "miss"  # shared by replicas, never by tenants
+    finally:
+        second.stop()
+    world.redis.stop()
+    try:
+        resp, verdict = _infer(world, req)  # Redis is gone: a miss, answered by the backend
+        assert verdict == "miss" and output(resp, "OUTPUT0").tolist() == [23.0]
+        page = world.gw.metrics_text()
+        assert metric_value(page, "meshgate_cache_store_errors_total", op="get") >= 1
+    finally:
+        world.redis.start()
+    time.sleep(0.4)  # past redis.retry_s
+    assert _infer(world, req)[1] == "miss"  # the restarted Redis is empty (no persistence)
+    assert _infer(world, req)[1] == "hit"

@@ -270,13 +270,6 @@ def test_adaptive_limits_tighten_while_the_pool_is_loaded(world: World) -> None:
 # -- several replicas, one Redis ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
 SHARED = [
     {"name": "project-cap", "key": ["project"], "models": ["add_sub"], "requests_per_s": 0.001, "burst": 10},
     {

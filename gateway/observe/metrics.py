@@ -93,6 +93,13 @@ class Metrics:
             ["limit", "kind"],
             registry=registry,
         )
+        self.cache_store_errors = Counter(
+            "meshgate_cache_store_errors_total",
+            "Response cache operations that failed because its store (Redis) could not be reached,"
+            " by op (get: answered as a miss; set: the answer was not kept).",
+            ["op"],
+            registry=registry,
+        )
         self.ratelimit_store_errors = Counter(
             "meshgate_ratelimit_store_errors_total",
             "Rate-limit decisions made without the store (unreachable), by what the limits' policy"

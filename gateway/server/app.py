@@ -48,7 +48,6 @@ from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authenticate import build_authentication
 from ..policy.auth.authorize import Rules
 from ..policy.auth.keys import KeyFileError
-from ..policy.cache.store import MemoryCache
 from . import build, ports
 from .background import supervise
 from .interceptors import FrontDoor
@@ -87,7 +86,7 @@ class Gateway:
         self.rules = build.rules(config)
         self._extra_stages = extra_stages
         self.counters = build.counters(config)  # rate limits' shared counters (restart-only: the store)
-        self.cache = MemoryCache(config.cache.max_bytes if config.cache is not None else 0)
+        self.cache = build.cache(config, self.metrics)  # the response cache's store (restart-only: which)
         self.admission = AdmissionStage(
             lambda model, version: self.director.pools_for(model, version),
             lambda pool: self.table.pool_states(pool),
@@ -366,6 +365,7 @@ class Gateway:
         for adapter in self.table.take_retired(linger_s=0):
             await adapter.aclose()
         await self.counters.aclose()
+        await self.cache.aclose()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

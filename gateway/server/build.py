@@ -12,8 +12,9 @@ from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
 from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.cache.redis_store import RedisCache
 from ..policy.cache.stage import CacheStage
-from ..policy.cache.store import MemoryCache
+from ..policy.cache.store import CacheStore, MemoryCache
 from ..policy.limits.stage import RateLimitStage
 from ..stores.counters import Counters, MemoryCounters
 from ..stores.leased import LeasedCounters
@@ -25,7 +26,7 @@ def stages(
     metrics: Metrics,
     rules: Rules | None,
     counters: Counters,
-    cache: MemoryCache,
+    cache: CacheStore,
     admission: AdmissionStage,
     extra: tuple[Stage, ...] = (),
 ) -> tuple[Stage, ...]:
@@ -42,12 +43,32 @@ def stages(
     )
 
 
+def _redis_url(url: str) -> str:
+    password = urllib.parse.urlsplit(url).password
+    if password:
+        register_secret(password)  # masked in every message and log line
+    return url
+
+
+def cache(config: Config, metrics: Metrics) -> CacheStore:
+    c = config.cache
+    if c is not None and c.store == "redis" and config.redis is not None:
+        r = config.redis
+        return RedisCache(
+            _redis_url(r.url),
+            metrics,
+            max_bytes=c.max_bytes,
+            timeout_s=r.timeout_s,
+            retry_s=r.retry_s,
+            prefix=r.prefix,
+        )
+    return MemoryCache(c.max_bytes if c is not None else 0)
+
+
 def counters(config: Config) -> Counters:
     if config.rate_limits.store == "redis" and config.redis is not None:
         r = config.redis
-        password = urllib.parse.urlsplit(r.url).password
-        if password:
-            register_secret(password)  # masked in every message and log line
+        _redis_url(r.url)
         redis = RedisCounters(r.url, timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
         if r.mode == "leased":
             return LeasedCounters(redis, lease_fraction=r.lease_fraction, lease_s=r.lease_s)

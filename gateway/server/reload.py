@@ -7,7 +7,7 @@ the per-call server settings (timeouts, access log, shutdown grace) and log_leve
 
 At the next start only: what binds sockets or starts loops at start-up (server.listen, tls,
 max_message_bytes, uvloop, metrics, discovery, readiness, routing.load_probe and gpu_capacity,
-the rate limits' store and redis).
+the rate limits' and the response cache's store, and redis).
 Those keep their running values, and the reload says which ones differ in the file.
 """
 
@@ -53,6 +53,12 @@ def plan_reload(running: Config, new: Config, source: str) -> ReloadPlan:
         if section in _RESTART_SECTIONS:
             restart.append(section)
             keep[section] = old_value
+        elif section == "cache":  # optional; which store holds it is built at start
+            applied.append(section)
+            store = running.cache.store if running.cache is not None else "memory"
+            if new.cache is not None and new.cache.store != store:
+                restart.append("cache.store")
+                keep[section] = new.cache.model_copy(update={"store": store})
         elif section in _RESTART_FIELDS:
             kept: dict[str, Any] = {}
             for field in type(old_value).model_fields:

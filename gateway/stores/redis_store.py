@@ -101,7 +101,7 @@ return {1, n + 1}
 )
 
 
-class _Script:
+class Script:
     """A Lua script called by SHA (EVALSHA); loaded (SCRIPT LOAD) the first time Redis does not
     know it: at first use, and after a Redis restart."""
 
@@ -110,19 +110,16 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-class RedisCounters:
-    def __init__(
-        self, url: str, *, timeout_s: float = 0.25, retry_s: float = 1.0, prefix: str = "meshgate:"
-    ) -> None:
-        self._redis = RespClient(url, timeout_s)
-        self._prefix = prefix
+class ScriptClient:
+    """One Redis connection for scripts, with the failure rule above (StoreUnavailable, then
+    not tried for `retry_s`). Shared by the counters and the response cache."""
+
+    def __init__(self, url: str, *, timeout_s: float, retry_s: float, binary: bool = False) -> None:
+        self._redis = RespClient(url, timeout_s, binary=binary)
         self._retry_s = retry_s
         self._down_until = 0.0
-        self._take = _Script(TAKE)
-        self._adjust = _Script(ADJUST)
-        self._acquire = _Script(ACQUIRE)
 
-    async def _call(self, *args: Any) -> Any:
+    async def call(self, *args: Any) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
             raise StoreUnavailable("redis: unreachable (not retried for a moment)")
         try:
@@ -133,21 +130,35 @@ class RedisCounters:
         self._down_until = 0.0
         return result
 
-    async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+    async def run(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         try:
-            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except StoreUnavailable as err:
             if "NOSCRIPT" not in str(err):
                 raise
             self._down_until = 0.0
-            await self._call("SCRIPT", "LOAD", script.source)
-            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            await self.call("SCRIPT", "LOAD", script.source)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class RedisCounters:
+    def __init__(
+        self, url: str, *, timeout_s: float = 0.25, retry_s: float = 1.0, prefix: str = "meshgate:"
+    ) -> None:
+        self._redis = ScriptClient(url, timeout_s=timeout_s, retry_s=retry_s)
+        self._prefix = prefix
+        self._take = Script(TAKE)
+        self._adjust = Script(ADJUST)
+        self._acquire = Script(ACQUIRE)
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[float]) -> Decision:
         args: list[Any] = []
         for b, cost in zip(buckets, costs, strict=True):
             args += [repr(b.rate), repr(b.burst), repr(cost)]
-        out = await self._run(self._take, [self._prefix + b.key for b in buckets], args)
+        out = await self._redis.run(self._take, [self._prefix + b.key for b in buckets], args)
         wait = float(out[1])
         levels = tuple(float(x) for x in out[3:])
         return Decision(out[0] == 1, levels, float("inf") if wait < 0 else wait, int(out[2]))
@@ -156,15 +167,15 @@ class RedisCounters:
         args: list[Any] = []
         for b, delta in zip(buckets, deltas, strict=True):
             args += [repr(b.rate), repr(b.burst), repr(delta)]
-        await self._run(self._adjust, [self._prefix + b.key for b in buckets], args)
+        await self._redis.run(self._adjust, [self._prefix + b.key for b in buckets], args)
 
     async def acquire(self, key: str, limit: int, slot: str, ttl_s: float) -> tuple[bool, int]:
-        out = await self._run(self._acquire, [self._prefix + key], [limit, slot, int(ttl_s * 1000)])
+        out = await self._redis.run(self._acquire, [self._prefix + key], [limit, slot, int(ttl_s * 1000)])
         return out[0] == 1, int(out[1])
 
     async def release(self, key: str, slot: str) -> None:
         with contextlib.suppress(StoreUnavailable):  # else the slot expires on its own
-            await self._call("ZREM", self._prefix + key, slot)
+            await self._redis.call("ZREM", self._prefix + key, slot)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

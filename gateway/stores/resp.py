@@ -43,7 +43,8 @@ def encode(args: tuple[Any, ...]) -> bytes:
 class _Protocol(asyncio.Protocol):
     def __init__(self, client: RespClient) -> None:
         self._client = client
-        self._reader = hiredis.Reader(notEnoughData=False, replyError=RedisReplyError, encoding="utf-8")
+        encoding = None if client.binary else "utf-8"
+        self._reader = hiredis.Reader(notEnoughData=False, replyError=RedisReplyError, encoding=encoding)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -67,7 +68,9 @@ class _Protocol(asyncio.Protocol):
 
 
 class RespClient:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, *, binary: bool = False) -> None:
+        """`binary`: bulk replies stay bytes (the response cache); else they are decoded as UTF-8."""
+        self.binary = binary
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("redis", "rediss"):
             raise ValueError(f"redis url must start with redis:// or rediss://, got {u.scheme}://")

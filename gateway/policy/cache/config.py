@@ -13,6 +13,9 @@ class CacheConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # memory: this process only (the embedded default); redis: one cache for every replica that
+    # uses the same Redis (the `redis` section; entries are data, never pickle).
+    store: Literal["memory", "redis"] = "memory"
     ttl_s: float = Field(default=300.0, gt=0)
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # least recently used go first
     max_entry_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # larger answers are not kept

@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from adapters import InferCall, InferResult
-from adapters.llm import EmbedCall, EmbedResult, GenerateCall, GenerateResult, TextDelta
+from adapters import InferCall
+from adapters.llm import EmbedCall, GenerateCall
 
 from ...observe.metrics import Metrics
 from ...pipeline.stages import Call, Outcome
 from .config import CacheConfig
-from .store import MemoryCache
+from .store import CacheStore
 
 _CACHED_KINDS = frozenset({"infer", "generate", "embed"})
 
@@ -48,7 +48,7 @@ class Ticket(NamedTuple):
 class CacheStage:
     name = "cache"
 
-    def __init__(self, config: CacheConfig, store: MemoryCache, metrics: Metrics) -> None:
+    def __init__(self, config: CacheConfig, store: CacheStore, metrics: Metrics) -> None:
         self._config = config
         self._store = store
         self._metrics = metrics
@@ -72,7 +72,7 @@ class CacheStage:
             self._count(call, "refresh")
             call.collect = [] if call.stream else None
             return Ticket(key, None)
-        entry = self._store.get(key)
+        entry = await self._store.get(key)
         if entry is not None:
             call.hit = entry
             self._count(call, "hit")
@@ -102,11 +102,7 @@ class CacheStage:
             return
         entry = call.result if outcome.code == grpc.StatusCode.OK else None
         if entry is not None:
-            size = _size(entry[0])
-            if size <= self._config.max_entry_bytes:
-                self._store.set(ticket.key, entry, size, self._config.ttl_s)
-            else:
-                entry = None
+            self._store.put(ticket.key, entry, self._config.ttl_s, self._config.max_entry_bytes)
         if ticket.leader is not None:
             if self._inflight.get(ticket.key) is ticket.leader:
                 del self._inflight[ticket.key]
@@ -144,19 +140,3 @@ def _digest(call: Call) -> bytes | None:
     else:
         return None
     return h.digest()
-
-
-def _size(value: Any) -> int:
-    """Bytes an entry holds, about: what its answer carries, plus a fixed overhead."""
-    if isinstance(value, InferResult):
-        wire = value.wire
-        if wire is not None and hasattr(wire, "ByteSize"):
-            return int(wire.ByteSize()) + 256
-        return sum(len(t.raw or t.contents or b"") for t in value.outputs) + 256
-    if isinstance(value, GenerateResult):
-        return len(value.text) * 2 + 256
-    if isinstance(value, EmbedResult):
-        return sum(len(v) for v in value.vectors) * 8 + 256
-    if isinstance(value, tuple):  # a stream's messages
-        return sum(len(e.text) * 2 + 64 if isinstance(e, TextDelta) else _size(e) for e in value) + 256
-    return 256

@@ -1,11 +1,29 @@
-"""The cache's memory store: entries with a time to live, bounded in bytes, least recently used
-evicted first. Event loop thread only."""
+"""The cache's store seam (CacheStore) and its memory implementation: entries with a time to
+live, bounded in bytes, least recently used evicted first. Event loop thread only. The Redis
+implementation, shared by replicas, is redis_store.py."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
+
+from adapters import InferResult
+from adapters.llm import EmbedResult, GenerateResult, TextDelta
+
+
+class CacheStore(Protocol):
+    """Entries are (answer, route) under a key (bytes). `get` is a miss (None) when the store
+    cannot answer; `put` may finish after it returns, and keeps nothing larger than
+    max_entry_bytes."""
+
+    async def get(self, key: bytes) -> Any | None: ...
+
+    def put(self, key: bytes, value: Any, ttl_s: float, max_entry_bytes: int) -> None: ...
+
+    def resize(self, max_bytes: int) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Entry(NamedTuple):
@@ -22,7 +40,15 @@ class MemoryCache:
         self.bytes = 0
         self.evictions = 0
 
-    def get(self, key: bytes) -> Any | None:
+    async def get(self, key: bytes) -> Any | None:
+        return self.lookup(key)
+
+    def put(self, key: bytes, value: Any, ttl_s: float, max_entry_bytes: int) -> None:
+        size = entry_size(value[0])
+        if size <= max_entry_bytes:
+            self.set(key, value, size, ttl_s)
+
+    def lookup(self, key: bytes) -> Any | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -56,3 +82,23 @@ class MemoryCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+def entry_size(value: Any) -> int:
+    """Bytes an entry holds, about: what its answer carries, plus a fixed overhead."""
+    if isinstance(value, InferResult):
+        wire = value.wire
+        if wire is not None and hasattr(wire, "ByteSize"):
+            return int(wire.ByteSize()) + 256
+        return sum(len(t.raw or t.contents or b"") for t in value.outputs) + 256
+    if isinstance(value, GenerateResult):
+        return len(value.text) * 2 + 256
+    if isinstance(value, EmbedResult):
+        return sum(len(v) for v in value.vectors) * 8 + 256
+    if isinstance(value, tuple):  # a stream's messages
+        return sum(len(e.text) * 2 + 64 if isinstance(e, TextDelta) else entry_size(e) for e in value) + 256
+    return 256
