@@ -6,6 +6,7 @@ counters in memory, in Redis (exact) and in Redis (leased), plus the cache-hit p
     meshgate-policy-redis   auth + limits (Redis, one script per call) + cache miss
     meshgate-policy-leased  auth + limits (Redis, leased) + cache miss
     meshgate-cache-hit      auth + limits (memory) + cache hit (h2load repeats one request)
+    meshgate-cache-hit-redis  the same, the cache in Redis (cache.store: redis)
 
 A miss is forced by a TTL shorter than the time between calls: every lookup finds the entry
 expired, then the answer is stored again, so a miss pays for the digest, the lookup and the
@@ -14,7 +15,13 @@ store. The Redis is a real redis-server on loopback (tests/redis_server.py).
 
 from __future__ import annotations
 
-NAMES = ("meshgate-policy-mem", "meshgate-policy-redis", "meshgate-policy-leased", "meshgate-cache-hit")
+NAMES = (
+    "meshgate-policy-mem",
+    "meshgate-policy-redis",
+    "meshgate-policy-leased",
+    "meshgate-cache-hit",
+    "meshgate-cache-hit-redis",
+)
 
 _LIMITS = (
     "rate_limits: {{store: {store}, limits: [{{name: bench, key: [user], requests_per_s: 1000000,"
@@ -30,6 +37,7 @@ def policy_setups(
     auth_yaml, headers = apikey
     miss = "cache: {ttl_s: 0.000001}"
     hit = "cache: {ttl_s: 3600}"
+    hit_redis = "cache: {ttl_s: 3600, store: redis}"
 
     def redis(mode: str) -> str:
         return f"redis: {{url: '{redis_url}', mode: {mode}}}"
@@ -45,6 +53,10 @@ def policy_setups(
             headers,
         ),
         "meshgate-cache-hit": ("\n".join([auth_yaml, _LIMITS.format(store="memory"), hit]), headers),
+        "meshgate-cache-hit-redis": (
+            "\n".join([auth_yaml, _LIMITS.format(store="memory"), redis("exact"), hit_redis]),
+            headers,
+        ),
     }
 
 

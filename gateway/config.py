@@ -21,6 +21,7 @@ from discovery.registration import RegisterConfig
 
 from .endpoints.static import HostPort, PoolConfig, check_hostport, static_snapshots
 from .endpoints.upstream import UpstreamTLS
+from .ledger.config import LedgerConfig, PricesConfig
 from .policy.admission.config import AdmissionConfig
 from .policy.auth.config import AuthConfig
 from .policy.cache.config import CacheConfig
@@ -223,6 +224,8 @@ class Config(_Strict):
     cache: CacheConfig | None = None  # the response cache; off when absent
     admission: AdmissionConfig = AdmissionConfig()  # fair admission to saturated pools; off without pools
     redis: RedisConfig | None = None
+    ledger: LedgerConfig | None = None  # durable usage records (SQLite or PostgreSQL); off when absent
+    prices: PricesConfig = PricesConfig()  # what calls cost (tokens, GPU-seconds, cache hits)
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
 
     @model_validator(mode="after")
@@ -231,6 +234,8 @@ class Config(_Strict):
             raise ValueError(
                 "rate_limits.store: redis needs a redis section (redis: {url: redis://host:6379/0})"
             )
+        if self.ledger is not None and self.ledger.store == "postgres" and not self.ledger.url:
+            raise ValueError("ledger.store: postgres needs ledger.url (postgresql://user@host:5432/db)")
         if self.cache is not None and self.cache.store == "redis" and self.redis is None:
             raise ValueError("cache.store: redis needs a redis section (redis: {url: redis://host:6379/0})")
         return self

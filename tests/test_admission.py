@@ -163,3 +163,25 @@ def test_priority_classes(world: World) -> None:
         >= 2
     )
     assert "Traceback" not in world.gw.log()
+
+
+def test_a_flooders_own_backlog_sets_its_expected_wait() -> None:
+    """Unit: with 3 tenants busy, a tenant with 20 calls waiting expects its next call to wait
+    for 21 of its own at a third of the pool; a tenant with none waiting, for one round."""
+    import asyncio
+
+    from gateway.policy.admission.queue import PoolQueue, Waiter
+
+    async def check() -> None:
+        q = PoolQueue(1, lambda: 4.0, lambda t: 1.0)
+        q.hold_s = 0.1
+        for tenant, n in (("flood", 20), ("a", 1), ("b", 1)):
+            for _ in range(n):
+                q.enqueue(Waiter(0, tenant))
+        assert q.expected_wait(0, "flood") == pytest.approx(21 * 3 * 0.1 / 4)
+        assert q.expected_wait(0, "a") == pytest.approx(
+            3 * 0.1 / 4 * 2
+        )  # a, b, flood ahead; own backlog 2 at 1/3
+        assert q.expected_wait(0, "new") == pytest.approx(4 * 0.1 / 4)  # one round: a, b, flood, new
+
+    asyncio.run(check())

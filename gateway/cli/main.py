@@ -4,6 +4,7 @@ meshgate serve [--config F] [--workers N]
 meshgate check-config F
 meshgate models [MODEL] [--target HOST:PORT] [--json]
 meshgate admin pools | drain POOL ID | undrain POOL ID | reload | principals
+meshgate usage [--by project,model] [--since 7d] [--csv]
 meshgate infer --model M --input NAME:DTYPE:SHAPE=1,2,3 [--input NAME:DTYPE=@x.npy] [--json]
 """
 
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     from .client import add_connection_arguments
 
     admin.add_arguments(sub)
+    from . import usage
+
+    usage.add_arguments(sub)
     for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
         q = sub.add_parser(name, help=help_)
         add_connection_arguments(q)
@@ -96,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import admin
 
             return admin.run(args)
+        if args.command == "usage":
+            from . import usage
+
+            return usage.run(args)
         if args.command == "models":
             return client.model_endpoints(args) if args.model else client.models(args)
         if args.command == "infer":

@@ -138,7 +138,9 @@ class Attempts:
                     last_error = err
                     continue
                 finally:  # answered, failed, or cancelled by the caller: the attempt is over
-                    self._scheduler.finished(state, req, predicted, time.monotonic() - start, ok, fault)
+                    held = time.monotonic() - start
+                    record.held.append((ep, held))
+                    self._scheduler.finished(state, req, predicted, held, ok, fault)
                 self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
                 if i > 0 and skipped:
                     self._metrics.spills.labels(ep.pool, "fallback").inc()

@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from adapters.llm import Usage
+from discovery import Endpoint
 
 
 class Principal(NamedTuple):
@@ -51,6 +52,7 @@ class CallRecord:
         "cache",
         "delivered",
         "endpoint",
+        "held",
         "model",
         "pool",
         "ratelimit",
@@ -72,6 +74,8 @@ class CallRecord:
         self.ratelimit: tuple[str, float, float, float] | None = None
         self.usage: Usage | None = None
         self.cache = ""  # the response cache's verdict: hit | miss | refresh | bypass | uncacheable
+        # Each backend attempt: (endpoint, seconds it held a slot there), for GPU-second charges.
+        self.held: list[tuple[Endpoint, float]] = []
 
 
 class RequestContext(NamedTuple):

@@ -205,12 +205,14 @@ def build_stages(
     limits: Stage | None = None,
     cache: Stage | None = None,
     admission: Stage | None = None,
+    ledger: Stage | None = None,
 ) -> tuple[Stage, ...]:
     """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
     a caller learns nothing about a model it may not use. Rate `limits` run after the complexity
     estimate, whose tokens they reserve; then the `cache` (a hit needs no backend), then fair
     `admission` (waits for a saturated pool's capacity: last, so a call holds no permit while
-    it waits on anything else); `extra` (tests; later budgets) after them."""
+    it waits on anything else); `extra` (tests; later budgets) after them; the `ledger` records
+    every call that got this far."""
     return (
         *((authorize,) if authorize is not None else ()),
         ValidationStage(config),
@@ -219,6 +221,7 @@ def build_stages(
         *((cache,) if cache is not None else ()),
         *((admission,) if admission is not None else ()),
         *extra,
+        *((ledger,) if ledger is not None else ()),
         UsageStage(metrics),
         ModelStatsStage(metrics.models),
     )

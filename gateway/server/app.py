@@ -85,13 +85,12 @@ class Gateway:
         self.authentication = build_authentication(config.auth)
         self.rules = build.rules(config)
         self._extra_stages = extra_stages
-        self.counters = build.counters(config)  # rate limits' shared counters (restart-only: the store)
-        self.cache = build.cache(config, self.metrics)  # the response cache's store (restart-only: which)
-        self.admission = AdmissionStage(
+        admission = AdmissionStage(
             lambda model, version: self.director.pools_for(model, version),
             lambda pool: self.table.pool_states(pool),
             self.metrics.registry,
         )
+        self.shared = build.Shared(config, self.metrics, admission)  # counters, cache, queues, ledger
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -202,7 +201,9 @@ class Gateway:
             KServeServicer(self.director, self.any_ready, self.metrics.models, cfg.default_timeout_s),
             server,
         )
-        admin = AdminServicer(self.table, self.director.scheduler, self._reload_everywhere, self._principals)
+        admin = AdminServicer(
+            self.table, self.director.scheduler, self._reload_everywhere, self._principals, self.shared
+        )
         door.register(admin_pb2_grpc.add_AdminServicer_to_server, admin, server, admin=True)
         door.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, server, front_door=False)
         door.register(
@@ -220,6 +221,7 @@ class Gateway:
         self._background("readiness", lambda: self.readiness.run(self._after_readiness_round))
         self._background("load_probe", self.probe.run)
         self._start_auth_loops()
+        await self.shared.start()
         await server.start()
         self._server = server
         reg, consul_cfg = self.config.discovery.registration, self.config.discovery.consul
@@ -231,9 +233,7 @@ class Gateway:
             self._background("registration", self.registrar.run)
 
     def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
-        return build.stages(
-            config, self.metrics, rules, self.counters, self.cache, self.admission, self._extra_stages
-        )
+        return build.stages(config, self.metrics, rules, self.shared, self._extra_stages)
 
     def _start_auth_loops(self) -> None:
         for task in self._auth_tasks:
@@ -270,7 +270,7 @@ class Gateway:
             self.authentication, self.rules = authentication, rules
             self._start_auth_loops()
         self.table.set_upstream_tls(build.upstream(cfg))
-        self.cache.resize(cfg.cache.max_bytes if cfg.cache is not None else 0)
+        self.shared.cache.resize(cfg.cache.max_bytes if cfg.cache is not None else 0)
         new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
         for snap in self.config.static_snapshots():
             if snap.pool not in new_static:
@@ -364,8 +364,7 @@ class Gateway:
             await state.adapter.aclose()
         for adapter in self.table.take_retired(linger_s=0):
             await adapter.aclose()
-        await self.counters.aclose()
-        await self.cache.aclose()
+        await self.shared.aclose()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -3,11 +3,18 @@ the stage list, the upstream TLS options (app.py wires them; a reload builds the
 
 from __future__ import annotations
 
+import logging
+import os
 import urllib.parse
 
 from adapters.scrub import register_secret
 
 from ..config import Config
+from ..ledger.prices import Prices
+from ..ledger.records import LedgerStore, LedgerUnavailable
+from ..ledger.sqlite import SQLiteLedger
+from ..ledger.stage import LedgerStage, cost_counter
+from ..ledger.writer import LedgerWriter
 from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
 from ..policy.admission.stage import AdmissionStage
@@ -20,30 +27,88 @@ from ..stores.counters import Counters, MemoryCounters
 from ..stores.leased import LeasedCounters
 from ..stores.redis_store import RedisCounters
 
+log = logging.getLogger("meshgate")
+
+
+class Shared:
+    """What the stages keep across config reloads, built once at start (which store each uses
+    is restart-only): the rate limits' counters, the response cache's store, fair admission's
+    queues, the usage ledger's writer."""
+
+    def __init__(self, config: Config, metrics: Metrics, admission: AdmissionStage) -> None:
+        self.counters = counters(config)
+        self.cache = cache(config, metrics)
+        self.admission = admission
+        self.ledger = ledger(config, metrics)
+        self.currency = config.prices.currency  # restart-only with the ledger: totals stay in one currency
+        self.cost = cost_counter(metrics.registry, self.currency)
+
+    async def start(self) -> None:
+        if self.ledger is not None:
+            try:
+                await self.ledger.store.open()
+            except LedgerUnavailable as err:  # records wait in the buffer until it opens
+                log.warning("ledger: %s (records are kept and written when it can be reached)", err)
+            self.ledger.start()
+
+    async def aclose(self) -> None:
+        await self.counters.aclose()
+        await self.cache.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
+
 
 def stages(
-    config: Config,
-    metrics: Metrics,
-    rules: Rules | None,
-    counters: Counters,
-    cache: CacheStore,
-    admission: AdmissionStage,
-    extra: tuple[Stage, ...] = (),
+    config: Config, metrics: Metrics, rules: Rules | None, shared: Shared, extra: tuple[Stage, ...] = ()
 ) -> tuple[Stage, ...]:
     authorize = AuthorizeStage(rules) if rules is not None else None
+    admission = shared.admission
     limits = None
     if config.rate_limits.limits:
         slot_ttl = config.server.max_timeout_s + 60.0  # a dead holder's slot frees itself
-        limits = RateLimitStage(config.rate_limits.limits, counters, metrics, slot_ttl, admission.pressure)
-    cached = CacheStage(config.cache, cache, metrics) if config.cache is not None else None
+        limits = RateLimitStage(
+            config.rate_limits.limits, shared.counters, metrics, slot_ttl, admission.pressure
+        )
+    cached = CacheStage(config.cache, shared.cache, metrics) if config.cache is not None else None
     admission.configure(config.admission)
     admit = admission if admission.enabled else None
+    ledger = None
+    if shared.ledger is not None:
+        ledger = LedgerStage(shared.ledger, Prices(config.prices), shared.cost)
     return build_stages(
-        config, metrics, extra, authorize=authorize, limits=limits, cache=cached, admission=admit
+        config,
+        metrics,
+        extra,
+        authorize=authorize,
+        limits=limits,
+        cache=cached,
+        admission=admit,
+        ledger=ledger,
+    )
+
+
+def ledger(config: Config, metrics: Metrics) -> LedgerWriter | None:
+    c = config.ledger
+    if c is None:
+        return None
+    store: LedgerStore
+    if c.store == "postgres":
+        from ..ledger.postgres import PostgresLedger
+
+        store = PostgresLedger(_redis_url(c.url))
+    else:
+        store = SQLiteLedger(os.path.expanduser(c.path))
+    return LedgerWriter(
+        store,
+        metrics.registry,
+        flush_interval_s=c.flush_interval_s,
+        max_batch=c.max_batch,
+        max_buffered=c.max_buffered,
     )
 
 
 def _redis_url(url: str) -> str:
+    """The URL of a store (Redis, PostgreSQL), its password registered as a secret."""
     password = urllib.parse.urlsplit(url).password
     if password:
         register_secret(password)  # masked in every message and log line

@@ -7,7 +7,7 @@ the per-call server settings (timeouts, access log, shutdown grace) and log_leve
 
 At the next start only: what binds sockets or starts loops at start-up (server.listen, tls,
 max_message_bytes, uvloop, metrics, discovery, readiness, routing.load_probe and gpu_capacity,
-the rate limits' and the response cache's store, and redis).
+the rate limits' and the response cache's store, redis and the ledger).
 Those keep their running values, and the reload says which ones differ in the file.
 """
 
@@ -24,7 +24,7 @@ from ..config import Config, ConfigError, format_errors
 log = logging.getLogger("meshgate")
 
 # Whole top-level sections that only a restart applies.
-_RESTART_SECTIONS = ("metrics", "discovery", "readiness", "redis")
+_RESTART_SECTIONS = ("metrics", "discovery", "readiness", "redis", "ledger")
 # Fields of `server` and `routing` that only a restart applies.
 _RESTART_FIELDS = {
     "server": ("listen", "tls", "max_message_bytes", "uvloop", "allow_unauthenticated"),

@@ -43,6 +43,9 @@ class AdmissionConfig(_Strict):
     max_queued: int = Field(default=1000, ge=1)  # waiting calls per pool
     tenant: Literal["user", "project", "department"] = "project"  # whose share is kept fair
     weights: dict[str, float] = Field(default_factory=dict)  # tenant -> weight (default 1)
+    # A tenant returning from idle may go up to this many calls (x its weight) ahead of the busy
+    # tenants' fair-share order: short bursts of a tenant below its share pass at once.
+    idle_credit: float = Field(default=2.0, ge=0)
     classes: list[PriorityClass] = Field(default_factory=_default_classes)
     default_class: str = "standard"
     class_rules: list[ClassRule] = Field(default_factory=list)

@@ -2,7 +2,9 @@
 class (strict priority: a higher class always first) and, within a class, by weighted fair share
 across tenants (start-time fair queuing: each tenant has a virtual time that grows by 1/weight
 per call served; the tenant with the smallest goes next, and a tenant that was idle starts at
-the class's current virtual time, so it can neither starve others nor bank credit).
+most `idle_credit` calls behind the class's current virtual time: a tenant below its share can
+have a short burst served at once, as a scheduler favours a task that slept, but cannot bank
+more, so it can never starve the others).
 
 Event loop thread only: every method runs without an await between reading and writing.
 """
@@ -35,8 +37,15 @@ class _Class:
 
 
 class PoolQueue:
-    def __init__(self, classes: int, capacity: Callable[[], float], weight: Callable[[str], float]) -> None:
+    def __init__(
+        self,
+        classes: int,
+        capacity: Callable[[], float],
+        weight: Callable[[str], float],
+        idle_credit: float = 0.0,
+    ) -> None:
         self._classes = [_Class() for _ in range(classes)]
+        self.idle_credit = idle_credit
         self._capacity = capacity
         self._weight = weight
         self.in_flight = 0
@@ -53,21 +62,30 @@ class PoolQueue:
             return True
         return False
 
-    def ahead_of(self, rank: int, tenant: str) -> int:
-        """About how many calls would be served before a new call of `tenant` in class `rank`:
-        every call of the classes above, and in its own class, fair share's order: each
-        tenant's calls up to as many as this tenant has waiting, plus one."""
+    def expected_wait(self, rank: int, tenant: str) -> float:
+        """About how long a new call of `tenant` in class `rank` would wait, in seconds: the
+        larger of two counts of the calls served before it, at the pool's rate (capacity per
+        hold_s). Fair share's order over the queues as they are: every call of the classes above
+        and, in its class, each tenant's calls up to as many as this tenant has waiting, plus one.
+        And its own backlog at its share: while others keep their queues busy, this tenant gets
+        weight / (sum of the busy tenants' weights) of the pool, so a flooding tenant's call is
+        refused at once when its own backlog is longer than its deadline, instead of waiting to
+        miss it."""
         higher = sum(len(q) for c in self._classes[:rank] for q in c.queues.values())
         own_class = self._classes[rank].queues
         own = len(own_class.get(tenant, ()))
-        return higher + sum(min(len(q), own + 1) for q in own_class.values())
+        in_order = sum(min(len(q), own + 1) for t, q in own_class.items() if t != tenant) + own + 1
+        weights = sum(self._weight(t) for t in own_class if t != tenant) + self._weight(tenant)
+        at_share = (own + 1) * weights / self._weight(tenant)
+        return (higher + max(in_order, at_share)) * self.hold_s / max(self._capacity(), 1e-9)
 
     def enqueue(self, waiter: Waiter) -> None:
         c = self._classes[waiter.rank]
         queue = c.queues.get(waiter.tenant)
         if queue is None:
             queue = c.queues[waiter.tenant] = deque()
-            c.vtime[waiter.tenant] = max(c.vtime.get(waiter.tenant, 0.0), c.clock)
+            credit = self.idle_credit / self._weight(waiter.tenant)
+            c.vtime[waiter.tenant] = max(c.vtime.get(waiter.tenant, 0.0), c.clock - credit)
         queue.append(waiter)
         self.waiting += 1
 

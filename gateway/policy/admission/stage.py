@@ -6,7 +6,9 @@ At it, the call waits in the pool's queue (queue.py): classes in priority order,
 weighted fair share, so one tenant flooding a pool cannot starve the others. A call is refused
 at once, never reaching a backend, when:
     its class does not wait (sheddable: max_wait_s 0),
-    its expected wait (calls ahead x the mean permit time / capacity) is past its deadline,
+    its expected wait is past its deadline (queue.py's expected_wait: the calls ahead in fair
+        share's order, or its own backlog at its share when that is longer: a flooding tenant
+        is refused at once rather than left to wait until its deadline passes),
     the queue is full and no lower-class call can be shed to make room for it.
 A lower-class call waiting is shed for a higher-class arrival when the queue is full. All of
 these are RESOURCE_EXHAUSTED naming the pool, with RetryInfo; counted in
@@ -82,6 +84,8 @@ class AdmissionStage:
         self._rank = {c.name: i for i, c in enumerate(config.classes)}
         self._class_of: dict[Principal, int] = {}
         self._capacity.clear()
+        for queue in self._queues.values():
+            queue.idle_credit = config.idle_credit
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +103,7 @@ class AdmissionStage:
         queue = self._queues.get(pool)
         if queue is None:
             queue = self._queues[pool] = PoolQueue(
-                len(self._config.classes), lambda: self._cap(pool), self._weight
+                len(self._config.classes), lambda: self._cap(pool), self._weight, self._config.idle_credit
             )
         if queue.try_admit():
             return Permit(queue, time.monotonic())
@@ -113,9 +117,8 @@ class AdmissionStage:
         cls = self._config.classes[rank]
         start = time.monotonic()
         remaining = ctx.deadline - start
-        capacity = queue.capacity()
         tenant = self._tenant(ctx.principal)
-        expected = (queue.ahead_of(rank, tenant) + 1) * queue.hold_s / capacity
+        expected = queue.expected_wait(rank, tenant)
         if cls.max_wait_s == 0:
             raise self._refuse(pool, cls.name, "shed", f"{cls.name} calls are shed", queue.hold_s, queue)
         if expected > remaining:

@@ -6,6 +6,8 @@ is not in the request pipeline: nothing here routes to a model.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +18,9 @@ from meshgate.v1 import admin_pb2, admin_pb2_grpc
 from ...config import ConfigError
 from ...endpoints import EndpointTable
 from ...errors import GatewayError, did_you_mean, echo
+from ...ledger.records import GROUPS, LedgerUnavailable
 from ...routing.scheduler import Scheduler
+from ..build import Shared
 from ..reload import ReloadPlan
 from .common import Context
 from .models import endpoint_pb
@@ -32,7 +36,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         scheduler: Scheduler,
         reload: Callable[[], ReloadPlan],
         principals: Callable[[], list[PrincipalRow]],
+        shared: Shared,
     ) -> None:
+        self._shared = shared
         self._table = table
         self._scheduler = scheduler
         self._reload = reload
@@ -100,5 +106,50 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 expires_at=expires_at,
                 revoked=revoked,
                 last_seen_seconds_ago=now - seen if seen is not None else -1.0,
+            )
+        return response
+
+    async def GetUsage(self, request: Any, context: Context) -> Any:
+        ledger = self._shared.ledger
+        if ledger is None:
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no usage ledger is configured (ledger: {store: sqlite, path: meshgate-usage.db})",
+            )
+        for g in request.group_by:
+            if g not in GROUPS:
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"group_by: unknown {echo(g)}; expected some of {', '.join(GROUPS)}",
+                    field="group_by",
+                )
+        until = request.until or time.time()
+        since = request.since or until - 86400.0
+        if not since < until:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "since: must be before until", field="since")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ledger.flush(), 2.0)
+        try:
+            rows = await ledger.store.usage(since, until, list(request.group_by))
+        except LedgerUnavailable as err:
+            raise GatewayError(grpc.StatusCode.UNAVAILABLE, f"usage ledger: {err}") from None
+        response = admin_pb2.GetUsageResponse(
+            since=since,
+            until=until,
+            group_by=list(request.group_by),
+            currency=self._shared.currency,
+            unwritten=ledger.buffered,
+        )
+        for row in rows:
+            response.rows.add(
+                group=list(row.group),
+                calls=row.calls,
+                tokens_in=row.tokens_in,
+                tokens_out=row.tokens_out,
+                tokens_cached=row.tokens_cached,
+                gpu_seconds=row.gpu_seconds,
+                cost=row.cost,
+                cache_hits=row.cache_hits,
+                errors=row.errors,
             )
         return response

@@ -104,3 +104,51 @@ class PrincipalInfo(_message.Message):
     revoked: bool
     last_seen_seconds_ago: float
     def __init__(self, user: _Optional[str] = ..., project: _Optional[str] = ..., department: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., auth: _Optional[str] = ..., credential_id: _Optional[str] = ..., expires_at: _Optional[float] = ..., revoked: _Optional[bool] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("since", "until", "group_by")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("since", "until", "group_by", "currency", "rows", "unwritten")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    currency: str
+    rows: _containers.RepeatedCompositeFieldContainer[UsageTotals]
+    unwritten: int
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., group_by: _Optional[_Iterable[str]] = ..., currency: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[UsageTotals, _Mapping]]] = ..., unwritten: _Optional[int] = ...) -> None: ...
+
+class UsageTotals(_message.Message):
+    __slots__ = ("group", "calls", "tokens_in", "tokens_out", "tokens_cached", "gpu_seconds", "cost", "cache_hits", "errors")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_CACHED_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    group: _containers.RepeatedScalarFieldContainer[str]
+    calls: int
+    tokens_in: int
+    tokens_out: int
+    tokens_cached: int
+    gpu_seconds: float
+    cost: float
+    cache_hits: int
+    errors: int
+    def __init__(self, group: _Optional[_Iterable[str]] = ..., calls: _Optional[int] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., tokens_cached: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., cache_hits: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...

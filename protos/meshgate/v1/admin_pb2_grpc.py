@@ -61,6 +61,11 @@ class AdminStub:
                 request_serializer=meshgate_dot_v1_dot_admin__pb2.ListPrincipalsRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_admin__pb2.ListPrincipalsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/meshgate.v1.Admin/GetUsage',
+                request_serializer=meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -108,6 +113,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Usage and cost from the ledger over a time range, grouped. This replica's records still
+        in its write buffer are written first, so the totals include every call it has finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +148,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListPrincipals,
                     request_deserializer=meshgate_dot_v1_dot_admin__pb2.ListPrincipalsRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_admin__pb2.ListPrincipalsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +292,33 @@ class Admin:
             '/meshgate.v1.Admin/ListPrincipals',
             meshgate_dot_v1_dot_admin__pb2.ListPrincipalsRequest.SerializeToString,
             meshgate_dot_v1_dot_admin__pb2.ListPrincipalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.Admin/GetUsage',
+            meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+            meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

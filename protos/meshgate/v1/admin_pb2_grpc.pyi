@@ -53,6 +53,10 @@ class AdminStub:
     """Principals the gateway knows: API keys from the keys file, and principals seen recently
     (JWT, mTLS). Never a secret.
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
+    """Usage and cost from the ledger over a time range, grouped. This replica's records still
+    in its write buffer are written first, so the totals include every call it has finished.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -78,6 +82,10 @@ class AdminAsyncStub(AdminStub):
     ListPrincipals: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPrincipalsRequest, _admin_pb2.ListPrincipalsResponse]  # type: ignore[assignment]
     """Principals the gateway knows: API keys from the keys file, and principals seen recently
     (JWT, mTLS). Never a secret.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Usage and cost from the ledger over a time range, grouped. This replica's records still
+    in its write buffer are written first, so the totals include every call it has finished.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +139,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListPrincipalsResponse, _abc.Awaitable[_admin_pb2.ListPrincipalsResponse]]:
         """Principals the gateway knows: API keys from the keys file, and principals seen recently
         (JWT, mTLS). Never a secret.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _admin_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetUsageResponse, _abc.Awaitable[_admin_pb2.GetUsageResponse]]:
+        """Usage and cost from the ledger over a time range, grouped. This replica's records still
+        in its write buffer are written first, so the totals include every call it has finished.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,106 @@
+"""What a call costs (prices config and the endpoints' Meta).
+
+    tokens:  (prompt - cached) / 1000 x in_per_1k + cached / 1000 x cached_per_1k
+             + completion / 1000 x out_per_1k      (prompt tokens include the cached ones, as
+                                                    OpenAI and Anthropic report them)
+    GPU:     each backend attempt held one of its endpoint's `slots` for `seconds`:
+             gpu_seconds = seconds / slots, cost = gpu_seconds x cost_per_hour / 3600
+    a cache hit: prices.cache_hit (no tokens, no GPU)
+
+A faster GPU finishes sooner, so it is charged less time at its own hourly cost; the endpoint's
+relative `capacity` needs no term of its own. Token prices: the first prices.models glob that
+matches the model that answered, else the endpoint's Meta price_in_per_1k, price_out_per_1k,
+price_cached_per_1k (default: the input price). A Meta value that is not a number >= 0 counts as
+no price (discovery keeps Meta as given).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from adapters.llm import Usage
+from discovery import Endpoint
+
+from .config import PricesConfig, TokenPrice
+
+
+class Charge(NamedTuple):
+    gpu_seconds: float
+    cost: float
+
+
+class Prices:
+    def __init__(self, config: PricesConfig) -> None:
+        self.config = config
+        self._models = [(re.compile(fnmatch.translate(glob)), price) for glob, price in config.models.items()]
+        self._by_model: dict[str, TokenPrice | None] = {}
+        # id(endpoint) -> (endpoint, its Meta token price, its cost per GPU-second)
+        self._endpoints: dict[int, tuple[Endpoint, TokenPrice | None, float]] = {}
+
+    def charge(
+        self, model: str, usage: Usage | None, held: Sequence[tuple[Endpoint, float]], cache_hit: bool
+    ) -> Charge:
+        if cache_hit:
+            return Charge(0.0, self.config.cache_hit)
+        gpu_seconds = cost = 0.0
+        answered: Endpoint | None = None
+        for endpoint, seconds in held:
+            _, _, per_second = self._endpoint(endpoint)
+            share = seconds / endpoint.slots
+            gpu_seconds += share
+            cost += share * per_second
+            answered = endpoint
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            price = self._model_price(model)
+            if price is None and answered is not None:
+                price = self._endpoint(answered)[1]
+            if price is not None:
+                cached = min(usage.cached_tokens, usage.prompt_tokens)
+                cached_price = price.in_per_1k if price.cached_per_1k is None else price.cached_per_1k
+                cost += (
+                    (usage.prompt_tokens - cached) * price.in_per_1k
+                    + cached * cached_price
+                    + usage.completion_tokens * price.out_per_1k
+                ) / 1000.0
+        return Charge(gpu_seconds, cost)
+
+    def _model_price(self, model: str) -> TokenPrice | None:
+        if model in self._by_model:
+            return self._by_model[model]
+        price = next((p for pattern, p in self._models if pattern.fullmatch(model)), None)
+        if len(self._by_model) < 10_000:
+            self._by_model[model] = price
+        return price
+
+    def _endpoint(self, endpoint: Endpoint) -> tuple[Endpoint, TokenPrice | None, float]:
+        cached = self._endpoints.get(id(endpoint))
+        if cached is not None and cached[0] is endpoint:
+            return cached
+        meta = endpoint.meta
+        p_in, p_out = _number(meta.get("price_in_per_1k")), _number(meta.get("price_out_per_1k"))
+        price = None
+        if p_in is not None or p_out is not None:
+            price = TokenPrice(
+                in_per_1k=p_in or 0.0,
+                out_per_1k=p_out or 0.0,
+                cached_per_1k=_number(meta.get("price_cached_per_1k")),
+            )
+        entry = (endpoint, price, (_number(meta.get("cost_per_hour")) or 0.0) / 3600.0)
+        if len(self._endpoints) > 10_000:
+            self._endpoints.clear()
+        self._endpoints[id(endpoint)] = entry
+        return entry
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 and math.isfinite(value) else None
