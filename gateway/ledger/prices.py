@@ -5,6 +5,8 @@
                                                     OpenAI and Anthropic report them)
     GPU:     each backend attempt held one of its endpoint's `slots` for `seconds`:
              gpu_seconds = seconds / slots, cost = gpu_seconds x cost_per_hour / 3600
+             (self-hosted backends; an external API, `openai` or `anthropic`, has no GPU of
+             ours unless its endpoint states a cost_per_hour)
     a cache hit: prices.cache_hit (no tokens, no GPU)
 
 A faster GPU finishes sooner, so it is charged less time at its own hourly cost; the endpoint's
@@ -26,6 +28,8 @@ from adapters.llm import Usage
 from discovery import Endpoint
 
 from .config import PricesConfig, TokenPrice
+
+_EXTERNAL = frozenset({"openai", "anthropic"})  # provider APIs: billed per token, no GPU of ours
 
 
 class Charge(NamedTuple):
@@ -50,10 +54,12 @@ class Prices:
         answered: Endpoint | None = None
         for endpoint, seconds in held:
             _, _, per_second = self._endpoint(endpoint)
+            answered = endpoint
+            if endpoint.backend in _EXTERNAL and not per_second:
+                continue
             share = seconds / endpoint.slots
             gpu_seconds += share
             cost += share * per_second
-            answered = endpoint
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             price = self._model_price(model)
             if price is None and answered is not None:

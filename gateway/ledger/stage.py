@@ -16,7 +16,7 @@ import uuid
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..pipeline.stages import Call, Outcome
+from ..pipeline.stages import Call, Outcome, settled_usage
 from .prices import Prices
 from .records import UsageRecord
 from .writer import LedgerWriter
@@ -36,7 +36,7 @@ class LedgerStage:
     def settle(self, call: Call, ticket: None, outcome: Outcome) -> None:
         ctx = call.ctx
         record = ctx.record
-        usage = None if call.hit is not None else outcome.usage
+        usage = settled_usage(call, outcome)
         model = record.model or call.model
         charge = self._prices.charge(model, usage, record.held, call.hit is not None)
         p = ctx.principal

@@ -92,6 +92,19 @@ class Outcome(NamedTuple):
     events: int = 0
 
 
+def settled_usage(call: Call, outcome: Outcome) -> Usage | None:
+    """The tokens a call used, as settlement counts them: the backend's count; for a chat stream
+    that ended without one (cancelled, broken), the prompt estimate and ~1 token per delta
+    delivered; None when nothing says (and for a cache hit: no backend produced a token)."""
+    if call.hit is not None:
+        return None
+    if outcome.usage is not None:
+        return outcome.usage
+    if outcome.events and call.kind == "generate":
+        return Usage(call.estimate.prompt_tokens, outcome.events, 0)
+    return None
+
+
 class Stage(Protocol):
     """One policy step. Called from the event loop only, concurrently for different calls.
     `admit` may be `def` or `async def`; so may `settle`, which a stage may leave out."""

@@ -41,7 +41,7 @@ from ...errors import GatewayError
 from ...observe.metrics import Metrics
 from ...observe.ratelog import RateLimitedLog
 from ...pipeline.context import Principal
-from ...pipeline.stages import Call, Outcome
+from ...pipeline.stages import Call, Outcome, settled_usage
 from ...stores.counters import Bucket, Counters, Decision, StoreUnavailable
 from .config import RateLimit
 
@@ -275,11 +275,9 @@ def _used_tokens(call: Call, outcome: Outcome, reserved: int) -> int:
     reservation for an answer without a count."""
     if call.ctx.record.cache == "hit":
         return 0  # answered from the cache: no backend produced a token
-    usage = outcome.usage
+    usage = settled_usage(call, outcome)
     if usage is not None:
         return int(usage.prompt_tokens + usage.completion_tokens)
-    if outcome.events:
-        return call.estimate.prompt_tokens + outcome.events
     return reserved if outcome.code == grpc.StatusCode.OK else 0
 
 
