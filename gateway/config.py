@@ -24,6 +24,7 @@ from .endpoints.upstream import UpstreamTLS
 from .ledger.config import LedgerConfig, PricesConfig
 from .policy.admission.config import AdmissionConfig
 from .policy.auth.config import AuthConfig
+from .policy.budgets.config import BudgetsConfig
 from .policy.cache.config import CacheConfig
 from .policy.limits.config import RateLimitsConfig, RedisConfig
 from .server.tls import TLSConfig
@@ -226,6 +227,7 @@ class Config(_Strict):
     redis: RedisConfig | None = None
     ledger: LedgerConfig | None = None  # durable usage records (SQLite or PostgreSQL); off when absent
     prices: PricesConfig = PricesConfig()  # what calls cost (tokens, GPU-seconds, cache hits)
+    budgets: BudgetsConfig = BudgetsConfig()  # spend caps per department, project, user, API key
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
 
     @model_validator(mode="after")
@@ -236,6 +238,8 @@ class Config(_Strict):
             )
         if self.ledger is not None and self.ledger.store == "postgres" and not self.ledger.url:
             raise ValueError("ledger.store: postgres needs ledger.url (postgresql://user@host:5432/db)")
+        if self.budgets.store == "redis" and self.redis is None:
+            raise ValueError("budgets.store: redis needs a redis section (redis: {url: redis://host:6379/0})")
         if self.cache is not None and self.cache.store == "redis" and self.redis is None:
             raise ValueError("cache.store: redis needs a redis section (redis: {url: redis://host:6379/0})")
         return self

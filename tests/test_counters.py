@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -30,13 +30,6 @@ from gateway.stores.counters import Bucket, Counters, MemoryCounters, StoreUnava
 from gateway.stores.leased import LeasedCounters
 from gateway.stores.redis_store import RedisCounters
 from tests.redis_server import RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -21,7 +21,9 @@ class LedgerConfig(_Strict):
     # Records are written in batches at least this often: a crash loses at most the calls that
     # completed within the last interval.
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    max_batch: int = Field(default=1000, ge=1)  # records per write (bench-ledger: 1000 keeps event-loop stalls ~4 ms)
+    max_batch: int = Field(
+        default=1000, ge=1
+    )  # records per write (bench-ledger: 1000 keeps event-loop stalls ~4 ms)
     # Records held while the database is unreachable; past this, new records are dropped and
     # counted (meshgate_ledger_records_total{result="dropped"}), never silently.
     max_buffered: int = Field(default=200_000, ge=1)

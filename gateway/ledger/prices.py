@@ -74,6 +74,24 @@ class Prices:
                 ) / 1000.0
         return Charge(gpu_seconds, cost)
 
+    def worst_case(
+        self, model: str, prompt_tokens: int, output_tokens: int, endpoints: Sequence[Endpoint], hold_s: float
+    ) -> float:
+        """The most a call can cost before it is routed: its estimated prompt and output tokens at
+        the dearest token price among `endpoints` (the model's own price first), plus `hold_s`
+        of a slot of the dearest self-hosted endpoint."""
+        price = self._model_price(model)
+        p_in = p_out = gpu = 0.0
+        if price is not None:
+            p_in, p_out = price.in_per_1k, price.out_per_1k
+        for endpoint in endpoints:
+            _, meta_price, per_second = self._endpoint(endpoint)
+            if price is None and meta_price is not None:
+                p_in, p_out = max(p_in, meta_price.in_per_1k), max(p_out, meta_price.out_per_1k)
+            if endpoint.backend not in _EXTERNAL or per_second:
+                gpu = max(gpu, per_second / endpoint.slots)
+        return (prompt_tokens * p_in + output_tokens * p_out) / 1000.0 + hold_s * gpu
+
     def _model_price(self, model: str) -> TokenPrice | None:
         if model in self._by_model:
             return self._by_model[model]

@@ -217,12 +217,14 @@ def build_stages(
     authorize: Stage | None = None,
     limits: Stage | None = None,
     cache: Stage | None = None,
+    budget: Stage | None = None,
     admission: Stage | None = None,
     ledger: Stage | None = None,
 ) -> tuple[Stage, ...]:
     """The stage order, defined here only. `authorize` (the caller's rules, when any) runs first:
     a caller learns nothing about a model it may not use. Rate `limits` run after the complexity
-    estimate, whose tokens they reserve; then the `cache` (a hit needs no backend), then fair
+    estimate, whose tokens they reserve; then the `cache` (a hit needs no backend), the
+    `budget` (reserves the worst case, a hit's at the cache price), then fair
     `admission` (waits for a saturated pool's capacity: last, so a call holds no permit while
     it waits on anything else); `extra` (tests; later budgets) after them; the `ledger` records
     every call that got this far."""
@@ -232,6 +234,7 @@ def build_stages(
         ComplexityStage(config),
         *((limits,) if limits is not None else ()),
         *((cache,) if cache is not None else ()),
+        *((budget,) if budget is not None else ()),
         *((admission,) if admission is not None else ()),
         *extra,
         *((ledger,) if ledger is not None else ()),

@@ -33,7 +33,7 @@ from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from adapters import REGISTRY
 from adapters.scrub import register_secret
-from discovery import DiscoverySource, StaticSource
+from discovery import DiscoverySource, Endpoint, StaticSource
 from discovery.consul import ConsulSource, resolve_token
 from discovery.registration import ConsulRegistrar
 
@@ -90,7 +90,7 @@ class Gateway:
             lambda pool: self.table.pool_states(pool),
             self.metrics.registry,
         )
-        self.shared = build.Shared(config, self.metrics, admission)  # counters, cache, queues, ledger
+        self.shared = build.Shared(config, self.metrics, admission, self._endpoints_for)
         self.table = EndpointTable(
             default_adapter_maker(config.server.max_message_bytes),
             self._on_table_change,
@@ -231,6 +231,10 @@ class Gateway:
             host = cfg.listen.rpartition(":")[0].strip("[]")
             self.registrar = ConsulRegistrar(consul_cfg, reg, host, self.port, __version__)
             self._background("registration", self.registrar.run)
+
+    def _endpoints_for(self, model: str, version: str) -> list[Endpoint]:
+        pools = self.director.pools_for(model, version)
+        return [s.endpoint for pool in pools for s in self.table.pool_states(pool)]
 
     def _stages(self, config: Config, rules: Rules | None) -> tuple[Stage, ...]:
         return build.stages(config, self.metrics, rules, self.shared, self._extra_stages)

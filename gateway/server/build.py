@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 
 from adapters.scrub import register_secret
+from discovery import Endpoint
 
 from ..config import Config
 from ..ledger.prices import Prices
@@ -19,6 +22,7 @@ from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
 from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authorize import AuthorizeStage, Rules
+from ..policy.budgets.stage import BudgetMetrics, BudgetStage, ledger_restore
 from ..policy.cache.redis_store import RedisCache
 from ..policy.cache.stage import CacheStage
 from ..policy.cache.store import CacheStore, MemoryCache
@@ -35,8 +39,17 @@ class Shared:
     is restart-only): the rate limits' counters, the response cache's store, fair admission's
     queues, the usage ledger's writer."""
 
-    def __init__(self, config: Config, metrics: Metrics, admission: AdmissionStage) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        admission: AdmissionStage,
+        endpoints: Callable[[str, str], Sequence[Endpoint]],
+    ) -> None:
         self.counters = counters(config)
+        self.budget_counters = budget_counters(config)
+        self.budget_metrics = BudgetMetrics(metrics.registry)
+        self.endpoints = endpoints  # the endpoints that could serve (model, version)
         self.cache = cache(config, metrics)
         self.admission = admission
         self.ledger = ledger(config, metrics)
@@ -53,6 +66,7 @@ class Shared:
 
     async def aclose(self) -> None:
         await self.counters.aclose()
+        await self.budget_counters.aclose()
         await self.cache.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
@@ -72,9 +86,16 @@ def stages(
     cached = CacheStage(config.cache, shared.cache, metrics) if config.cache is not None else None
     admission.configure(config.admission)
     admit = admission if admission.enabled else None
-    ledger = None
-    if shared.ledger is not None:
-        ledger = LedgerStage(shared.ledger, Prices(config.prices), shared.cost)
+    prices = Prices(config.prices)
+    ledger = LedgerStage(shared.ledger, prices, shared.cost) if shared.ledger is not None else None
+    budget = None
+    if config.budgets.limits:
+        restore = None
+        if config.budgets.store == "memory" and shared.ledger is not None:
+            restore = ledger_restore(shared.ledger.store.usage, shared.ledger.flush)
+        budget = BudgetStage(
+            config.budgets, shared.budget_counters, prices, shared.endpoints, shared.budget_metrics, restore
+        )
     return build_stages(
         config,
         metrics,
@@ -82,6 +103,7 @@ def stages(
         authorize=authorize,
         limits=limits,
         cache=cached,
+        budget=budget,
         admission=admit,
         ledger=ledger,
     )
@@ -128,6 +150,15 @@ def cache(config: Config, metrics: Metrics) -> CacheStore:
             prefix=r.prefix,
         )
     return MemoryCache(c.max_bytes if c is not None else 0)
+
+
+def budget_counters(config: Config) -> Counters:
+    """Budgets' counters: Redis in exact mode (never leased: the overshoot bound is one
+    reservation per replica), or this process's memory."""
+    if config.budgets.store == "redis" and config.redis is not None:
+        r = config.redis
+        return RedisCounters(_redis_url(r.url), timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
+    return MemoryCounters(time.time)
 
 
 def counters(config: Config) -> Counters:

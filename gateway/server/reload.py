@@ -7,7 +7,7 @@ the per-call server settings (timeouts, access log, shutdown grace) and log_leve
 
 At the next start only: what binds sockets or starts loops at start-up (server.listen, tls,
 max_message_bytes, uvloop, metrics, discovery, readiness, routing.load_probe and gpu_capacity,
-the rate limits' and the response cache's store, redis and the ledger).
+the stores of the rate limits, budgets and response cache, redis and the ledger).
 Those keep their running values, and the reload says which ones differ in the file.
 """
 
@@ -30,6 +30,7 @@ _RESTART_FIELDS = {
     "server": ("listen", "tls", "max_message_bytes", "uvloop", "allow_unauthenticated"),
     "routing": ("load_probe", "gpu_capacity"),
     "rate_limits": ("store",),
+    "budgets": ("store",),
 }
 
 

@@ -115,7 +115,8 @@ class AdminServicer:
 
     def GetUsage(self, request, context):
         """Usage and cost from the ledger over a time range, grouped. This replica's records still
-        in its write buffer are written first, so the totals include every call it has finished.
+        in its write buffer are written first, so the totals include every call it has finished;
+        other replicas' calls appear within their ledger.flush_interval_s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,8 @@ class AdminStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
     """Usage and cost from the ledger over a time range, grouped. This replica's records still
-    in its write buffer are written first, so the totals include every call it has finished.
+    in its write buffer are written first, so the totals include every call it has finished;
+    other replicas' calls appear within their ledger.flush_interval_s.
     """
 
 @_typing.type_check_only
@@ -85,7 +86,8 @@ class AdminAsyncStub(AdminStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Usage and cost from the ledger over a time range, grouped. This replica's records still
-    in its write buffer are written first, so the totals include every call it has finished.
+    in its write buffer are written first, so the totals include every call it has finished;
+    other replicas' calls appear within their ledger.flush_interval_s.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -148,7 +150,8 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetUsageResponse, _abc.Awaitable[_admin_pb2.GetUsageResponse]]:
         """Usage and cost from the ledger over a time range, grouped. This replica's records still
-        in its write buffer are written first, so the totals include every call it has finished.
+        in its write buffer are written first, so the totals include every call it has finished;
+        other replicas' calls appear within their ledger.flush_interval_s.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
