@@ -299,7 +299,7 @@ metrics: {{listen: "127.0.0.1:0"}}
 pools:
   bench:
     endpoints:
-      - {{id: nginx-backend, address: "127.0.0.1:{backend}", backend: kserve_v2, models: [bench]}}
+      - {{id: nginx-backend, address: "127.0.0.1:{backend}", backend: kserve_v2, models: [bench], meta: {{cost_per_hour: "1.0"}}}}
 """
     )
     return path

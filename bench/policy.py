@@ -7,6 +7,8 @@ counters in memory, in Redis (exact) and in Redis (leased), plus the cache-hit p
     meshgate-policy-leased  auth + limits (Redis, leased) + cache miss
     meshgate-cache-hit      auth + limits (memory) + cache hit (h2load repeats one request)
     meshgate-cache-hit-redis  the same, the cache in Redis (cache.store: redis)
+    meshgate-budget-mem     auth + limits (memory) + a money budget (memory: reserve + settle) + cache miss
+    meshgate-budget-redis   auth + limits (memory) + a budget (Redis) + cache miss
 
 A miss is forced by a TTL shorter than the time between calls: every lookup finds the entry
 expired, then the answer is stored again, so a miss pays for the digest, the lookup and the
@@ -21,6 +23,8 @@ NAMES = (
     "meshgate-policy-leased",
     "meshgate-cache-hit",
     "meshgate-cache-hit-redis",
+    "meshgate-budget-mem",
+    "meshgate-budget-redis",
 )
 
 _LIMITS = (
@@ -39,6 +43,12 @@ def policy_setups(
     hit = "cache: {ttl_s: 3600}"
     hit_redis = "cache: {ttl_s: 3600, store: redis}"
 
+    def budget(store: str) -> str:  # one budget every call passes (reserve + settle per call)
+        return (
+            f"budgets: {{store: {store}, limits: [{{name: bench, scope: user, limit: 1.0e12, unit: money,"
+            " window: monthly}]}"
+        )
+
     def redis(mode: str) -> str:
         return f"redis: {{url: '{redis_url}', mode: {mode}}}"
 
@@ -53,6 +63,14 @@ def policy_setups(
             headers,
         ),
         "meshgate-cache-hit": ("\n".join([auth_yaml, _LIMITS.format(store="memory"), hit]), headers),
+        "meshgate-budget-mem": (
+            "\n".join([auth_yaml, _LIMITS.format(store="memory"), budget("memory"), miss]),
+            headers,
+        ),
+        "meshgate-budget-redis": (
+            "\n".join([auth_yaml, _LIMITS.format(store="memory"), budget("redis"), redis("exact"), miss]),
+            headers,
+        ),
         "meshgate-cache-hit-redis": (
             "\n".join([auth_yaml, _LIMITS.format(store="memory"), redis("exact"), hit_redis]),
             headers,
@@ -76,6 +94,10 @@ def report_rows(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
                 f" {(st['p50_ms'] - base['p50_ms']) * 1000:+.0f} |"
                 f" {(st['cpu_ms_per_call'] - base['cpu_ms_per_call']) * 1000:+.0f} |"
             )
+        for name in ("meshgate-budget-mem", "meshgate-budget-redis"):
+            if name in row and "meshgate-policy-mem" in row:
+                ratio = row[name]["rps"] / row["meshgate-policy-mem"]["rps"]
+                rows.append(f"| {key} | {name} / limits only (target >= 0.95) | | {ratio:.2f} | | |")
         if "meshgate-cache-hit" in row and "meshgate-policy-mem" in row:
             ratio = row["meshgate-cache-hit"]["rps"] / row["meshgate-policy-mem"]["rps"]
             rows.append(f"| {key} | cache hit / miss (memory) | | {ratio:.2f} | | |")

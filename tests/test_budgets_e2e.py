@@ -5,6 +5,8 @@ PostgreSQL: the budget's spend equals the sum of the calls' usage, and both repo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from meshgate.v1 import admin_pb2, admin_pb2_grpc, generate_pb2, inference_pb2_g
 
 from tests.openai_standin import OpenAIStandIn
 from tests.postgres_server import PostgresServer
-from tests.procs import Gateway, make_key
+from tests.procs import ROOT, Gateway, make_key
 from tests.redis_server import RedisServer
 
 BUDGETS = [
@@ -120,6 +122,36 @@ def test_each_level_refuses_in_turn_and_a_restart_keeps_the_spend(
         _, used_dave, err = _until_refused(gw.address, k["dave"])  # project web: the department's
         assert "budget eng-tokens (department eng, 150 tokens per day)" in (err.details() or "")
         assert used_bob + used_carol + used_dave <= 150 and 0 < _retry_delay(err) <= 86400
+        with grpc.insecure_channel(gw.address) as ch:
+            listed = admin_pb2_grpc.AdminStub(ch).ListBudgets(
+                admin_pb2.ListBudgetsRequest(budget="eng-tokens"),
+                timeout=10,
+                metadata=(("authorization", f"Bearer {k['root']}"),),
+            )
+        (eng,) = listed.budgets
+        assert (eng.scope, eng.key, eng.unit, eng.limit) == ("department", "eng", "tokens", 150)
+        assert eng.spent == pytest.approx(used_bob + used_carol + used_dave) and eng.over_soft_threshold
+        assert eng.remaining == pytest.approx(150 - eng.spent) and eng.window_end - eng.window_start <= 86400
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "budgets",
+                "--target",
+                gw.address,
+                "--api-key",
+                k["root"],
+                "--key",
+                "web",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "ads-tokens" in out and "project=web" in out and "department=eng" in out
         page = gw.metrics_text()
         assert 'meshgate_budget_refusals_total{budget="eng-tokens"} 1.0' in page
         assert 'meshgate_budget_used_ratio{budget="bob-tokens",key="user=bob"}' in page

@@ -5,6 +5,7 @@ meshgate check-config F
 meshgate models [MODEL] [--target HOST:PORT] [--json]
 meshgate admin pools | drain POOL ID | undrain POOL ID | reload | principals
 meshgate usage [--by project,model] [--since 7d] [--csv]
+meshgate budgets [--budget NAME] [--key VALUE]
 meshgate infer --model M --input NAME:DTYPE:SHAPE=1,2,3 [--input NAME:DTYPE=@x.npy] [--json]
 """
 
@@ -100,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import admin
 
             return admin.run(args)
-        if args.command == "usage":
+        if args.command in ("usage", "budgets"):
             from . import usage
 
-            return usage.run(args)
+            return usage.run(args) if args.command == "usage" else usage.budgets(args)
         if args.command == "models":
             return client.model_endpoints(args) if args.model else client.models(args)
         if args.command == "infer":

@@ -1,4 +1,5 @@
-"""`meshgate usage`: usage and cost from the gateway's ledger (Admin/GetUsage; admin role).
+"""`meshgate usage` and `meshgate budgets`: usage and cost from the gateway's ledger
+(Admin/GetUsage), budgets in their current window (Admin/ListBudgets); admin role.
 
 meshgate usage                              totals of the last 24 hours
 meshgate usage --by project,model --since 7d
@@ -49,6 +50,40 @@ def add_arguments(sub: Any) -> None:
     out = q.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="CSV for spreadsheets")
     out.add_argument("--json", action="store_true", help="print JSON")
+    b = sub.add_parser("budgets", help="budgets in their current window: spent and remaining (admin role)")
+    add_connection_arguments(b)
+    b.add_argument("--budget", default="", help="only this budget")
+    b.add_argument("--key", default="", help="also this scope value (a department, project, user or key id)")
+    b.add_argument("--json", action="store_true", help="print JSON")
+
+
+def budgets(args: argparse.Namespace) -> int:
+    with connect(args) as channel:
+        try:
+            resp = admin_pb2_grpc.AdminStub(channel).ListBudgets(
+                admin_pb2.ListBudgetsRequest(budget=args.budget, key=args.key),
+                timeout=args.timeout,
+                metadata=_metadata(args.api_key),
+            )
+        except grpc.RpcError as err:
+            return _fail(err)
+    if args.json:
+        print(json.dumps(MessageToDict(resp, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    print(
+        f"{'BUDGET':20} {'SCOPE':24} {'UNIT':6} {'LIMIT':>12} {'SPENT':>12} {'REMAINING':>12}  RESETS (UTC)"
+    )
+    for st in resp.budgets:
+        unit = resp.currency if st.unit == "money" else "tokens"
+        resets = dt.datetime.fromtimestamp(st.window_end, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        flag = "  over soft threshold" if st.over_soft_threshold else ""
+        print(
+            f"{st.name:20} {st.scope + '=' + st.key:24} {unit:6} {st.limit:>12.4g} {st.spent:>12.4g}"
+            f" {st.remaining:>12.4g}  {resets}{flag}"
+        )
+    if not resp.budgets:
+        print("(no budget has charged a call since this gateway started; ask for one with --key)")
+    return 0
 
 
 def when(text: str, now: float) -> float:

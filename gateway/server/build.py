@@ -50,6 +50,7 @@ class Shared:
         self.budget_counters = budget_counters(config)
         self.budget_metrics = BudgetMetrics(metrics.registry)
         self.endpoints = endpoints  # the endpoints that could serve (model, version)
+        self.budget_stage: BudgetStage | None = None  # the running config's (Admin/ListBudgets)
         self.cache = cache(config, metrics)
         self.admission = admission
         self.ledger = ledger(config, metrics)
@@ -96,6 +97,7 @@ def stages(
         budget = BudgetStage(
             config.budgets, shared.budget_counters, prices, shared.endpoints, shared.budget_metrics, restore
         )
+    shared.budget_stage = budget
     return build_stages(
         config,
         metrics,

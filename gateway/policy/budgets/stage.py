@@ -63,6 +63,14 @@ class _Held(NamedTuple):
     reserved: float
 
 
+class BudgetState(NamedTuple):
+    budget: Budget
+    value: str
+    window: Window
+    spent: float
+    over_soft: bool
+
+
 class Ticket(NamedTuple):
     held: tuple[_Held, ...]
 
@@ -82,6 +90,7 @@ class BudgetMetrics:
             ["budget"],
             registry=registry,
         )
+        self.series: set[tuple[str, str]] = set()  # (budget, "scope=value") exported so far
         self.store_errors = Counter(
             "meshgate_budget_store_errors_total",
             "Budget checks that could not reach the store (Redis), by the policy applied (open, closed).",
@@ -113,7 +122,6 @@ class BudgetStage:
         self._models = [re.compile("|".join(fnmatch.translate(m) for m in b.models)) for b in config.limits]
         self._applies: dict[Principal, tuple[int, ...]] = {}
         self._restored: dict[str, asyncio.Future[None]] = {}
-        self._series: set[tuple[str, str]] = set()
         self._store_log = RateLimitedLog(log, 10.0)
 
     async def admit(self, call: Call) -> Ticket | None:
@@ -145,8 +153,7 @@ class BudgetStage:
                     else float(call.estimate.prompt_tokens + call.estimate.output_tokens)
                 )
             w = window(budget.window, budget.window_s, self._config.timezone, now)
-            bucket = Bucket(f"bg:{budget.name}:{budget.scope}={value}:{int(w.start)}", 0.0, budget.limit)
-            held.append(_Held(budget, value, w, bucket, cost))
+            held.append(_Held(budget, value, w, self._bucket(budget, value, w), cost))
         if not held:
             return None
         try:
@@ -175,14 +182,44 @@ class BudgetStage:
             return
         try:
             await self._counters.adjust([h.bucket for h in ticket.held], deltas)
-            if self._series:
+            if self._metrics.series:
                 levels = await self._counters.take([h.bucket for h in ticket.held], [0.0] * len(ticket.held))
                 for h, level in zip(ticket.held, levels.remaining, strict=True):
                     self._export(h, level)
         except StoreUnavailable as err:
             self._store_log.warning("settle", "budget store unreachable (%s): a settlement was lost", err)
 
+    @property
+    def budgets(self) -> list[Budget]:
+        return self._config.limits
+
+    async def states(self, name: str = "", key: str = "") -> list[BudgetState]:
+        """Budgets in their current window, for the scope values charged since start (and `key`)."""
+        now = self._clock()
+        out = []
+        for budget in self._config.limits:
+            if name and budget.name != name:
+                continue
+            values = {k.partition("=")[2] for b, k in self._metrics.series if b == budget.name}
+            if key:
+                values.add(key)
+            for value in sorted(values):
+                w = window(budget.window, budget.window_s, self._config.timezone, now)
+                h = _Held(budget, value, w, self._bucket(budget, value, w), 0.0)
+                if self._restore is not None:
+                    await self._restored_once(h)
+                level = (await self._counters.take([h.bucket], [0.0])).remaining[0]
+                spent = budget.limit - level
+                out.append(
+                    BudgetState(budget, value, w, spent, spent >= self._config.soft_threshold * budget.limit)
+                )
+        return out
+
     # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _bucket(budget: Budget, value: str, w: Window) -> Bucket:
+        return Bucket(f"bg:{budget.name}:{budget.scope}={value}:{int(w.start)}", 0.0, budget.limit)
+
     def _worst_money(self, call: Call, now: float) -> float:
         if call.hit is not None:
             return self._prices.config.cache_hit
@@ -249,10 +286,10 @@ class BudgetStage:
 
     def _export(self, h: _Held, level: float) -> None:
         series = (h.budget.name, f"{h.budget.scope}={h.value}")
-        if series not in self._series:
-            if len(self._series) >= _MAX_SERIES:
+        if series not in self._metrics.series:
+            if len(self._metrics.series) >= _MAX_SERIES:
                 return
-            self._series.add(series)
+            self._metrics.series.add(series)
         self._metrics.used.labels(*series).set(max(0.0, (h.budget.limit - level) / h.budget.limit))
 
 

@@ -20,6 +20,7 @@ from ...endpoints import EndpointTable
 from ...errors import GatewayError, did_you_mean, echo
 from ...ledger.records import GROUPS, LedgerUnavailable
 from ...routing.scheduler import Scheduler
+from ...stores.counters import StoreUnavailable
 from ..build import Shared
 from ..reload import ReloadPlan
 from .common import Context
@@ -151,5 +152,37 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 cost=row.cost,
                 cache_hits=row.cache_hits,
                 errors=row.errors,
+            )
+        return response
+
+    async def ListBudgets(self, request: Any, context: Context) -> Any:
+        stage = self._shared.budget_stage
+        response = admin_pb2.ListBudgetsResponse(currency=self._shared.currency)
+        if stage is None:
+            return response
+        try:
+            states = await stage.states(request.budget, request.key)
+        except StoreUnavailable as err:
+            raise GatewayError(grpc.StatusCode.UNAVAILABLE, f"budget store: {err}") from None
+        if request.budget and not states and not any(b.name == request.budget for b in stage.budgets):
+            names = [b.name for b in stage.budgets]
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND,
+                f"budget: no budget {echo(request.budget)}{did_you_mean(request.budget, names)}",
+                field="budget",
+            )
+        for st in states:
+            b = st.budget
+            response.budgets.add(
+                name=b.name,
+                scope=b.scope,
+                key=st.value,
+                unit=b.unit,
+                limit=b.limit,
+                spent=st.spent,
+                remaining=b.limit - st.spent,
+                window_start=st.window.start,
+                window_end=st.window.end,
+                over_soft_threshold=st.over_soft,
             )
         return response

@@ -152,3 +152,43 @@ class UsageTotals(_message.Message):
     cache_hits: int
     errors: int
     def __init__(self, group: _Optional[_Iterable[str]] = ..., calls: _Optional[int] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., tokens_cached: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., cache_hits: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
+
+class ListBudgetsRequest(_message.Message):
+    __slots__ = ("budget", "key")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    key: str
+    def __init__(self, budget: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ListBudgetsResponse(_message.Message):
+    __slots__ = ("currency", "budgets")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetState]
+    def __init__(self, currency: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...
+
+class BudgetState(_message.Message):
+    __slots__ = ("name", "scope", "key", "unit", "limit", "spent", "remaining", "window_start", "window_end", "over_soft_threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    OVER_SOFT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scope: str
+    key: str
+    unit: str
+    limit: float
+    spent: float
+    remaining: float
+    window_start: float
+    window_end: float
+    over_soft_threshold: bool
+    def __init__(self, name: _Optional[str] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., unit: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., remaining: _Optional[float] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., over_soft_threshold: _Optional[bool] = ...) -> None: ...

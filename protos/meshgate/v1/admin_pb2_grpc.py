@@ -66,6 +66,11 @@ class AdminStub:
                 request_serializer=meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/meshgate.v1.Admin/ListBudgets',
+                request_serializer=meshgate_dot_v1_dot_admin__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_admin__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -122,6 +127,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBudgets(self, request, context):
+        """Budgets in their current window: spent (reservations of calls in flight included) and
+        remaining, for the scope values this replica has charged since it started, and the one asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +167,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=meshgate_dot_v1_dot_admin__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_admin__pb2.ListBudgetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +338,33 @@ class Admin:
             '/meshgate.v1.Admin/GetUsage',
             meshgate_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
             meshgate_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.Admin/ListBudgets',
+            meshgate_dot_v1_dot_admin__pb2.ListBudgetsRequest.SerializeToString,
+            meshgate_dot_v1_dot_admin__pb2.ListBudgetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

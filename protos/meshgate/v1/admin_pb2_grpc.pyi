@@ -58,6 +58,10 @@ class AdminStub:
     in its write buffer are written first, so the totals include every call it has finished;
     other replicas' calls appear within their ledger.flush_interval_s.
     """
+    ListBudgets: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListBudgetsRequest, _admin_pb2.ListBudgetsResponse]
+    """Budgets in their current window: spent (reservations of calls in flight included) and
+    remaining, for the scope values this replica has charged since it started, and the one asked.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -88,6 +92,10 @@ class AdminAsyncStub(AdminStub):
     """Usage and cost from the ledger over a time range, grouped. This replica's records still
     in its write buffer are written first, so the totals include every call it has finished;
     other replicas' calls appear within their ledger.flush_interval_s.
+    """
+    ListBudgets: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListBudgetsRequest, _admin_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    """Budgets in their current window: spent (reservations of calls in flight included) and
+    remaining, for the scope values this replica has charged since it started, and the one asked.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +160,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """Usage and cost from the ledger over a time range, grouped. This replica's records still
         in its write buffer are written first, so the totals include every call it has finished;
         other replicas' calls appear within their ledger.flush_interval_s.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBudgets(
+        self,
+        request: _admin_pb2.ListBudgetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListBudgetsResponse, _abc.Awaitable[_admin_pb2.ListBudgetsResponse]]:
+        """Budgets in their current window: spent (reservations of calls in flight included) and
+        remaining, for the scope values this replica has charged since it started, and the one asked.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
