@@ -158,3 +158,18 @@ async def test_concurrent_calls_never_overspend(
                     c, ticket, Outcome(grpc.StatusCode.OK, Usage(prompt, completion), 0.01)
                 )
         assert used <= 1000
+
+
+async def test_a_stream_that_outgrows_its_reservation_is_charged_as_it_runs(counters: Counters) -> None:
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    s = stage(counters, [{"name": "t", "scope": "user", "limit": 100, "unit": "tokens", "window_s": 3600}])
+    p = Principal(user=user)
+    stream = call(p, 10, 10)
+    ticket = await s.admit(stream)  # reserves 20
+    assert await s.admit(call(p, 10, 30)) is not None  # 40 of 60 left: fits (and stays reserved)
+    await s.progress(stream, ticket, 60)  # the stream has used 60: 40 more taken now
+    with pytest.raises(GatewayError, match="100 of 100 tokens spent"):
+        await s.admit(call(p, 1, 1))
+    await s.settle(stream, ticket, Outcome(grpc.StatusCode.CANCELLED, None, 1.0, events=55))  # 10 + 55
+    with pytest.raises(GatewayError, match="105 of 100 tokens spent"):  # a debt: 40 + 65
+        await s.admit(call(p, 1, 1))

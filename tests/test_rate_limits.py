@@ -95,7 +95,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     keys_file = tmp_path_factory.mktemp("limits") / "keys.yaml"
     made = {
         who: make_key(keys_file, "--user", who, "--project", project)
-        for who, project in (("bob", "ads"), ("alice", "search"), ("carol", "ads"), ("dave", "vision"))
+        for who, project in (
+            ("bob", "ads"),
+            ("alice", "search"),
+            ("carol", "ads"),
+            ("dave", "vision"),
+            ("erin", "media"),
+        )
     }
     return keys_file, made
 
@@ -213,6 +219,33 @@ def test_a_cancelled_stream_pays_for_what_it_streamed(world: World) -> None:
             prompt = len(words) // 4
             # charged the prompt and the few deltas it got (~1 token each), not its 600 reserved
             assert prompt + 3 <= charged <= prompt + 30, charged
+    finally:
+        world.llm.token_interval_s = 0.0
+
+
+def test_a_long_stream_spends_its_limit_while_it_runs(world: World) -> None:
+    """No max_tokens: the stream reserves its prompt and routing.expected_output_tokens (256),
+    then outgrows that. Its excess is taken as deltas arrive (every 8), so while it still runs a
+    second call of the same project already finds the 1,000-token limit spent."""
+    world.llm.token_interval_s = 0.005
+    words = " ".join(f"w{i}" for i in range(500))  # ~597 tokens estimated; 501 deltas come back
+    try:
+        with grpc.insecure_channel(world.gw.address) as ch:
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            req = _chat(words, 0)
+            req.sampling.ClearField("max_tokens")
+            stream = stub.GenerateStream(req, timeout=30, metadata=world.md("erin"))
+            got = 0
+            for msg in stream:
+                got += msg.WhichOneof("event") == "delta"
+                if got == 30:  # within its reservation: another small call passes
+                    stub.Generate(_chat("hi", 1), timeout=10, metadata=world.md("erin"))
+                if got == 460:  # 597 + 460 > 1000: the excess is already charged
+                    with pytest.raises(grpc.RpcError) as err:
+                        stub.Generate(_chat("hi", 1), timeout=10, metadata=world.md("erin"))
+                    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "llm-tokens" in (err.value.details() or "")
+            assert got == 501  # the stream itself is not cut
     finally:
         world.llm.token_interval_s = 0.0
 

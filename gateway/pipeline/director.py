@@ -50,7 +50,7 @@ from ..routing.scheduler import ProfileSpec, Scheduler
 from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
 from .forward import identity_headers
-from .stages import Call, Outcome, Stage, build_stages
+from .stages import PROGRESS_EVERY, Call, Outcome, Stage, build_stages
 
 log = logging.getLogger("meshgate.director")
 
@@ -313,9 +313,14 @@ class Director:
         call: Call, send: Callable[[Any, Route], Awaitable[None]], message: Any, route: Route
     ) -> None:
         """One stream message to the caller (and to the cache, when it keeps this stream)."""
-        call.ctx.record.delivered += 1
+        record = call.ctx.record
+        record.delivered += 1
         if call.collect is not None:
             call.collect.append(message)
+        if call.progress is not None and record.delivered % PROGRESS_EVERY == 0:
+            tokens = call.estimate.prompt_tokens + record.delivered
+            for progress, ticket in call.progress:
+                await progress(call, ticket, tokens)
         await send(message, route)
 
     async def _run(
@@ -340,6 +345,13 @@ class Director:
                     ticket = await ticket
                 if settle is not None:
                     to_settle.append((stage, settle, settle_async, ticket))
+                if (
+                    ticket is not None
+                    and call.stream
+                    and call.kind == "generate"
+                    and hasattr(stage, "progress")
+                ):
+                    call.progress = [*(call.progress or ()), (stage.progress, ticket)]
             if call.hit is not None and replay is not None:
                 cached, route = call.hit
                 route = route._replace(cache_hit=True, attempts=0)

@@ -58,6 +58,7 @@ class Call:
         "hit",
         "kind",
         "model",
+        "progress",
         "request",
         "result",
         "stream",
@@ -80,6 +81,8 @@ class Call:
         self.hit: tuple[Any, Any] | None = None
         self.collect: list[Any] | None = None
         self.result: tuple[Any, Any] | None = None
+        # Stages told of a chat stream's tokens as they arrive (Progresses), with their tickets.
+        self.progress: list[tuple[Any, Any]] | None = None
 
 
 class Outcome(NamedTuple):
@@ -115,6 +118,17 @@ class Stage(Protocol):
         """Admit or refuse (raise GatewayError) `call`; the return value (a ticket, often None,
         or an awaitable of one) is handed back to `settle`."""
         ...
+
+
+class Progresses(Protocol):
+    """A stage that charges a chat stream as it goes (limits, budgets) also has `progress`:
+    called every PROGRESS_EVERY deltas with the tokens used so far (the prompt estimate plus one
+    per delta), so a long stream spends its limits while it runs, not only when it ends."""
+
+    async def progress(self, call: Call, ticket: Any, tokens: int) -> None: ...
+
+
+PROGRESS_EVERY = 8
 
 
 class Settles(Protocol):

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from adapters.llm import Usage
 from discovery import Endpoint
 
 from ...errors import GatewayError
@@ -61,6 +62,7 @@ class _Held(NamedTuple):
     window: Window
     bucket: Bucket
     reserved: float
+    charged: list[float]  # [taken so far]: the reservation, then more as a stream outgrows it
 
 
 class BudgetState(NamedTuple):
@@ -153,7 +155,7 @@ class BudgetStage:
                     else float(call.estimate.prompt_tokens + call.estimate.output_tokens)
                 )
             w = window(budget.window, budget.window_s, self._config.timezone, now)
-            held.append(_Held(budget, value, w, self._bucket(budget, value, w), cost))
+            held.append(_Held(budget, value, w, self._bucket(budget, value, w), cost, [cost]))
         if not held:
             return None
         try:
@@ -177,7 +179,7 @@ class BudgetStage:
         record = call.ctx.record
         charge = self._prices.charge(record.model or call.model, usage, record.held, call.hit is not None)
         tokens = float(usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0.0
-        deltas = [h.reserved - (charge.cost if h.budget.unit == "money" else tokens) for h in ticket.held]
+        deltas = [h.charged[0] - (charge.cost if h.budget.unit == "money" else tokens) for h in ticket.held]
         if not any(deltas):
             return
         try:
@@ -205,7 +207,7 @@ class BudgetStage:
                 values.add(key)
             for value in sorted(values):
                 w = window(budget.window, budget.window_s, self._config.timezone, now)
-                h = _Held(budget, value, w, self._bucket(budget, value, w), 0.0)
+                h = _Held(budget, value, w, self._bucket(budget, value, w), 0.0, [0.0])
                 if self._restore is not None:
                     await self._restored_once(h)
                 level = (await self._counters.take([h.bucket], [0.0])).remaining[0]
@@ -214,6 +216,30 @@ class BudgetStage:
                     BudgetState(budget, value, w, spent, spent >= self._config.soft_threshold * budget.limit)
                 )
         return out
+
+    async def progress(self, call: Call, ticket: Ticket, tokens: int) -> None:
+        """A chat stream that has used more than it reserved takes the excess now (its tokens at
+        the token price; its GPU time is settled at the end)."""
+        prompt = call.estimate.prompt_tokens
+        money: float | None = None
+        buckets, deltas = [], []
+        for h in ticket.held:
+            if h.budget.unit == "money":
+                if money is None:
+                    usage = Usage(prompt, max(0, tokens - prompt), 0)
+                    money = self._prices.charge(call.ctx.record.model or call.model, usage, (), False).cost
+                used = money
+            else:
+                used = float(tokens)
+            if used > h.charged[0]:
+                buckets.append(h.bucket)
+                deltas.append(h.charged[0] - used)
+                h.charged[0] = used
+        if buckets:
+            try:
+                await self._counters.adjust(buckets, deltas)
+            except StoreUnavailable as err:
+                self._store_log.warning("settle", "budget store unreachable (%s): a charge was lost", err)
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod

@@ -67,6 +67,7 @@ class Ticket(NamedTuple):
     tokens: tuple[int, ...]  # indexes into buckets of the tokens buckets
     reserved_tokens: int
     slots: tuple[tuple[str, str], ...]  # (key, slot id) held
+    charged: list[int]  # [tokens taken so far]: the reservation, then more as a stream outgrows it
 
 
 class RateLimitStage:
@@ -140,7 +141,7 @@ class RateLimitStage:
                 raise self._refused(call, applied, buckets, decision)
             call.ctx.record.ratelimit = _tightest(buckets, decision)
         slots = await self._acquire(call, applied, buckets, costs)
-        return Ticket(tuple(buckets), tuple(token_idx), tokens, slots)
+        return Ticket(tuple(buckets), tuple(token_idx), tokens, slots, [tokens])
 
     async def _acquire(
         self, call: Call, applied: tuple[_Applied, ...], buckets: list[Bucket], costs: list[float]
@@ -177,9 +178,19 @@ class RateLimitStage:
             await self._release(key, slot)
         if ticket.tokens:
             used = _used_tokens(call, outcome, ticket.reserved_tokens)
-            delta = float(ticket.reserved_tokens - used)
+            delta = float(ticket.charged[0] - used)
             if delta:
                 await self._adjust([ticket.buckets[i] for i in ticket.tokens], [delta] * len(ticket.tokens))
+
+    async def progress(self, call: Call, ticket: Ticket, tokens: int) -> None:
+        """A chat stream that has used more tokens than it reserved takes the excess now, so
+        concurrent calls see it (it is not cut: the debt makes the next calls wait)."""
+        extra = tokens - ticket.charged[0]
+        if extra > 0 and ticket.tokens:
+            ticket.charged[0] = tokens
+            await self._adjust(
+                [ticket.buckets[i] for i in ticket.tokens], [-float(extra)] * len(ticket.tokens)
+            )
 
     # -- helpers ---------------------------------------------------------------------------------
     def _refused(
