@@ -25,6 +25,7 @@ response decodes). Latency percentiles come from h2load's per-request log.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import signal
@@ -351,6 +352,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             apikey = auths.get("meshgate-apikey") or auth_setups(work)["meshgate-apikey"]
             auths |= policy_setups(apikey, redis.url)
         gateways += [(name, 1, ROOT) for name in auths]
+        if args.only:  # the plain gateway always runs: every ratio is against it
+            gateways = [
+                g for g in gateways if g[0] == "meshgate" or any(fnmatch.fnmatch(g[0], p) for p in args.only)
+            ]
         for name, workers, tree in gateways:
             p = free_port()
             cfg = meshgate_config(work, p, backend_port, f"{label}-{name}", auths.get(name, ("", ()))[0])
@@ -482,6 +487,13 @@ def main() -> int:
         help="also run the gateway of git revision REV (a worktree), side by side: meshgate-before",
     )
     ap.add_argument("--no-auth", dest="auth", action="store_false", help="leave out the authenticated paths")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        metavar="GLOB",
+        help="only these gateway paths (and meshgate, meshgate-2w)",
+    )
     ap.add_argument(
         "--no-policy", dest="policy", action="store_false", help="leave out the policy paths (limits, cache)"
     )

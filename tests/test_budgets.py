@@ -95,6 +95,7 @@ async def test_a_monthly_window_rolls_over_at_the_month_end(counters: Counters) 
     first = call(bob, 50, 50)
     ticket = await s.admit(first)
     await s.settle(first, ticket, Outcome(grpc.StatusCode.OK, Usage(50, 50), 0.1))
+    await s.flush()
     with pytest.raises(GatewayError) as err:
         await s.admit(call(bob, 1, 1))
     e = err.value
@@ -117,6 +118,7 @@ async def test_settlement_gives_back_what_was_not_used_and_charges_money(counter
     with pytest.raises(GatewayError, match=r"0\.9 of 1 USD spent, this call may cost up to 0\.7"):
         await s.admit(call(p, 100, 300))  # 0.1 left while the first runs
     await s.settle(c, ticket, Outcome(grpc.StatusCode.OK, Usage(100, 50), 0.1))  # it cost 0.2
+    await s.flush()
     assert await s.admit(call(p, 100, 300)) is not None  # 0.8 left: 0.7 fits now
     with pytest.raises(GatewayError, match="more than the whole budget"):
         await s.admit(call(p, 100, 10_000))
@@ -168,8 +170,10 @@ async def test_a_stream_that_outgrows_its_reservation_is_charged_as_it_runs(coun
     ticket = await s.admit(stream)  # reserves 20
     assert await s.admit(call(p, 10, 30)) is not None  # 40 of 60 left: fits (and stays reserved)
     await s.progress(stream, ticket, 60)  # the stream has used 60: 40 more taken now
+    await s.flush()
     with pytest.raises(GatewayError, match="100 of 100 tokens spent"):
         await s.admit(call(p, 1, 1))
     await s.settle(stream, ticket, Outcome(grpc.StatusCode.CANCELLED, None, 1.0, events=55))  # 10 + 55
+    await s.flush()
     with pytest.raises(GatewayError, match="105 of 100 tokens spent"):  # a debt: 40 + 65
         await s.admit(call(p, 1, 1))

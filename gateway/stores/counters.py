@@ -41,6 +41,8 @@ class StoreUnavailable(Exception):
 
 
 class Counters(Protocol):
+    local: bool  # this process's memory (no I/O): no need to move work off the request path
+
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[float]) -> Decision: ...
 
     async def adjust(self, buckets: Sequence[Bucket], deltas: Sequence[float]) -> None: ...
@@ -61,6 +63,8 @@ def refill(tokens: float, updated: float, now: float, bucket: Bucket) -> float:
 class MemoryCounters:
     """Counters for one process: plain dicts, touched from the event loop only (no await
     between a read and its write, so every operation is atomic)."""
+
+    local = True
 
     def __init__(self, clock: object = time.monotonic) -> None:
         self._clock = clock

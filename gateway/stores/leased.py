@@ -43,6 +43,8 @@ class _Lease:
 
 
 class LeasedCounters:
+    local = False
+
     def __init__(self, redis: RedisCounters, *, lease_fraction: float = 0.1, lease_s: float = 1.0) -> None:
         self._redis = redis
         self._fraction = lease_fraction

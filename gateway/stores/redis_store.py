@@ -145,6 +145,8 @@ class ScriptClient:
 
 
 class RedisCounters:
+    local = False
+
     def __init__(
         self, url: str, *, timeout_s: float = 0.25, retry_s: float = 1.0, prefix: str = "meshgate:"
     ) -> None:

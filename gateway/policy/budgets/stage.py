@@ -4,7 +4,8 @@ tokens), enforced before routing.
 Each call that a budget applies to (its principal matches `who`, its model matches `models`,
 and the principal has a value for the budget's scope) is checked against every such budget at
 once, all or nothing, in the Counters store (one bucket per budget, scope value and window,
-refilling never; a new window is a new key, so spend starts from zero):
+refilling never; a new window is a new key, so spend starts from zero; a shared store is
+settled after the answer has gone, so no caller waits for that round trip):
   1. admit: reserve its worst case (prices.py worst_case: the estimated prompt and output
      tokens at the dearest price, plus budgets.gpu_reserve_s, or the deadline if sooner, of
      the dearest self-hosted slot; a cache hit: the cache price);
@@ -125,6 +126,7 @@ class BudgetStage:
         self._applies: dict[Principal, tuple[int, ...]] = {}
         self._restored: dict[str, asyncio.Future[None]] = {}
         self._store_log = RateLimitedLog(log, 10.0)
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def admit(self, call: Call) -> Ticket | None:
         if call.kind not in _KINDS or not self._config.limits:
@@ -180,16 +182,29 @@ class BudgetStage:
         charge = self._prices.charge(record.model or call.model, usage, record.held, call.hit is not None)
         tokens = float(usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0.0
         deltas = [h.charged[0] - (charge.cost if h.budget.unit == "money" else tokens) for h in ticket.held]
-        if not any(deltas):
+        if any(deltas):
+            await self._adjust_soon([h.bucket for h in ticket.held], deltas)
+
+    async def _adjust_soon(self, buckets: list[Bucket], deltas: list[float]) -> None:
+        """Settle: in this process's memory at once; in a shared store (a round trip) after the
+        answer has gone, so the caller does not wait for it (flush() waits for those)."""
+        if getattr(self._counters, "local", False):
+            await self._adjust(buckets, deltas)
             return
+        task = asyncio.get_running_loop().create_task(self._adjust(buckets, deltas))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _adjust(self, buckets: list[Bucket], deltas: list[float]) -> None:
         try:
-            await self._counters.adjust([h.bucket for h in ticket.held], deltas)
-            if self._metrics.series:
-                levels = await self._counters.take([h.bucket for h in ticket.held], [0.0] * len(ticket.held))
-                for h, level in zip(ticket.held, levels.remaining, strict=True):
-                    self._export(h, level)
+            await self._counters.adjust(buckets, deltas)
         except StoreUnavailable as err:
             self._store_log.warning("settle", "budget store unreachable (%s): a settlement was lost", err)
+
+    async def flush(self) -> None:
+        """Wait for the settlements still on their way to the store."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending))
 
     @property
     def budgets(self) -> list[Budget]:
@@ -236,10 +251,7 @@ class BudgetStage:
                 deltas.append(h.charged[0] - used)
                 h.charged[0] = used
         if buckets:
-            try:
-                await self._counters.adjust(buckets, deltas)
-            except StoreUnavailable as err:
-                self._store_log.warning("settle", "budget store unreachable (%s): a charge was lost", err)
+            await self._adjust_soon(buckets, deltas)
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
