@@ -1,8 +1,8 @@
 """The director: the one place that knows the order of a call's stages.
 
-    stages admit (stages.build_stages: validate -> complexity -> [identity, limits, budgets,
-    cache] -> usage) -> the attempt loop (attempts.py: schedule, call the adapter, retry,
-    fallback, spill) -> stages settle, in reverse, however the call ended
+    stages admit (stages.build_stages says the order) -> the attempt loop (attempts.py:
+    schedule, call the adapter, retry, fallback, spill) -> stages settle, in reverse, however the
+    call ended
 
 Authentication happens before this, in the server interceptor, because it needs the transport
 (the TLS peer); it hands over the principal in the RequestContext.
@@ -50,7 +50,16 @@ from ..routing.scheduler import ProfileSpec, Scheduler
 from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
 from .forward import identity_headers
-from .stages import PROGRESS_EVERY, Call, Outcome, Stage, build_stages
+from .stages import (
+    PROGRESS_EVERY,
+    Call,
+    Outcome,
+    Stage,
+    build_stages,
+    report_progress,
+    settle_all,
+    watch_progress,
+)
 
 log = logging.getLogger("meshgate.director")
 
@@ -318,9 +327,7 @@ class Director:
         if call.collect is not None:
             call.collect.append(message)
         if call.progress is not None and record.delivered % PROGRESS_EVERY == 0:
-            tokens = call.estimate.prompt_tokens + record.delivered
-            for progress, ticket in call.progress:
-                await progress(call, ticket, tokens)
+            await report_progress(call)
         await send(message, route)
 
     async def _run(
@@ -345,13 +352,7 @@ class Director:
                     ticket = await ticket
                 if settle is not None:
                     to_settle.append((stage, settle, settle_async, ticket))
-                if (
-                    ticket is not None
-                    and call.stream
-                    and call.kind == "generate"
-                    and hasattr(stage, "progress")
-                ):
-                    call.progress = [*(call.progress or ()), (stage.progress, ticket)]
+                watch_progress(call, stage, ticket)
             if call.hit is not None and replay is not None:
                 cached, route = call.hit
                 route = route._replace(cache_hit=True, attempts=0)
@@ -371,14 +372,7 @@ class Director:
         finally:
             if to_settle:
                 outcome = Outcome(code, record.usage, time.monotonic() - start, record.delivered)
-                for stage, settle, settle_async, ticket in reversed(to_settle):
-                    try:
-                        done = settle(call, ticket, outcome)
-                        if settle_async:
-                            await done
-                    except Exception:  # one stage's bug must not skip the others' settlement
-                        self._metrics.background_error(f"settle:{stage.name}")
-                        log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
+                await settle_all(call, to_settle, outcome, self._metrics)
 
 
 def _retarget(call: InferCall, target: Target) -> InferCall:

@@ -21,6 +21,7 @@ the settled usage, partial usage of a broken stream included).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, NamedTuple, Protocol
 
 import grpc
@@ -34,6 +35,8 @@ from ..observe.metrics import Metrics
 from ..observe.model_stats import ModelStats
 from .context import RequestContext
 from .validation import validate_embed, validate_generate, validate_infer
+
+log = logging.getLogger("meshgate")
 
 Kind = Literal["infer", "generate", "embed", "metadata"]
 
@@ -129,6 +132,32 @@ class Progresses(Protocol):
 
 
 PROGRESS_EVERY = 8
+
+
+def watch_progress(call: Call, stage: Any, ticket: Any) -> None:
+    """After `stage` admitted `call`: a chat stream reports its tokens to it as they arrive."""
+    if ticket is not None and call.stream and call.kind == "generate" and hasattr(stage, "progress"):
+        call.progress = [*(call.progress or ()), (stage.progress, ticket)]
+
+
+async def settle_all(
+    call: Call, admitted: list[tuple[Any, Any, bool, Any]], outcome: Outcome, metrics: Metrics
+) -> None:
+    """Every admitted stage settles, in reverse order: (stage, settle, settle is async, ticket)."""
+    for stage, settle, settle_async, ticket in reversed(admitted):
+        try:
+            done = settle(call, ticket, outcome)
+            if settle_async:
+                await done
+        except Exception:  # one stage's bug must not skip the others' settlement
+            metrics.background_error(f"settle:{stage.name}")
+            log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
+
+
+async def report_progress(call: Call) -> None:
+    tokens = call.estimate.prompt_tokens + call.ctx.record.delivered
+    for progress, ticket in call.progress or ():
+        await progress(call, ticket, tokens)
 
 
 class Settles(Protocol):
