@@ -15,10 +15,11 @@ from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import grpc
-import httpx
+import orjson
 
 from .base import BackendError
-from .http_llm import HTTPLLMAdapter, seen_usage, sse_data
+from .http_client import TransportError, sse_batches
+from .http_llm import HTTPLLMAdapter, seen_usage
 from .llm import (
     EmbedCall,
     EmbedResult,
@@ -118,47 +119,56 @@ class AnthropicAdapter(HTTPLLMAdapter):
             async with self._client.stream(
                 "POST",
                 "/messages",
-                json=self._body(call, stream=True),
+                json_body=self._body(call, stream=True),
                 timeout=timeout,
-                headers=call.headers or None,
+                headers=call.headers,
             ) as resp:
-                if resp.status_code != 200:
-                    text = (await resp.aread()).decode(errors="replace")
-                    raise self._http_error(resp.status_code, text, resp.headers, call.model)
-                async for data in sse_data(resp):
-                    event = json.loads(data)
-                    kind = event.get("type")
-                    if kind == "message_start":
-                        message = event.get("message") or {}
-                        model = str(message.get("model") or model)
-                        usage = _usage(message.get("usage"))
-                    elif kind == "content_block_start":
-                        _start_tool(tools, event)
-                    elif kind == "content_block_delta":
-                        delta = event.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            deltas += 1
-                            yield TextDelta(str(delta["text"]))
-                        elif delta.get("type") == "input_json_delta":
-                            tools.setdefault(int(event.get("index", 0)), ["", "", ""])[2] += str(
-                                delta.get("partial_json", "")
+                if resp.status != 200:
+                    text = (await resp.read()).decode(errors="replace")
+                    raise self._http_error(resp.status, text, resp.headers, call.model)
+                async for batch in sse_batches(resp):
+                    texts: list[str] = []  # text deltas that arrived together: one TextDelta
+                    for data in batch:
+                        event = orjson.loads(data)
+                        kind = event.get("type")
+                        if kind == "content_block_delta":
+                            delta = event.get("delta") or {}
+                            if delta.get("type") == "text_delta" and delta.get("text"):
+                                texts.append(str(delta["text"]))
+                            elif delta.get("type") == "input_json_delta":
+                                tools.setdefault(int(event.get("index", 0)), ["", "", ""])[2] += str(
+                                    delta.get("partial_json", "")
+                                )
+                            continue
+                        if texts:
+                            deltas += len(texts)
+                            yield TextDelta("".join(texts), len(texts))
+                            texts = []
+                        if kind == "message_start":
+                            message = event.get("message") or {}
+                            model = str(message.get("model") or model)
+                            usage = _usage(message.get("usage"))
+                        elif kind == "content_block_start":
+                            _start_tool(tools, event)
+                        elif kind == "message_delta":
+                            reason = (event.get("delta") or {}).get("stop_reason")
+                            finish = _STOP.get(str(reason), finish)
+                            out = (event.get("usage") or {}).get("output_tokens")
+                            if out is not None:
+                                usage = usage._replace(completion_tokens=int(out))
+                        elif kind == "message_stop":
+                            yield StreamEnd(
+                                model, finish, usage, tuple(ToolCall(*tools[i]) for i in sorted(tools))
                             )
-                    elif kind == "message_delta":
-                        reason = (event.get("delta") or {}).get("stop_reason")
-                        finish = _STOP.get(str(reason), finish)
-                        out = (event.get("usage") or {}).get("output_tokens")
-                        if out is not None:
-                            usage = usage._replace(completion_tokens=int(out))
-                    elif kind == "message_stop":
-                        yield StreamEnd(
-                            model, finish, usage, tuple(ToolCall(*tools[i]) for i in sorted(tools))
-                        )
-                        return
-                    elif kind == "error":
-                        err = event.get("error") or {}
-                        what = f"stream error {err.get('type')}: {err.get('message')}"
-                        raise self._broken(call, what, usage, deltas)
-        except httpx.HTTPError as err:
+                            return
+                        elif kind == "error":
+                            err = event.get("error") or {}
+                            what = f"stream error {err.get('type')}: {err.get('message')}"
+                            raise self._broken(call, what, usage, deltas)
+                    if texts:
+                        deltas += len(texts)
+                        yield TextDelta("".join(texts), len(texts))
+        except TransportError as err:
             raise self._transport_error(err, call.model, seen_usage(usage, deltas)) from None
         except (ValueError, TypeError, AttributeError) as err:
             raise self._broken(call, f"malformed stream: {err}", usage, deltas) from None

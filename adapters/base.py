@@ -1,7 +1,7 @@
 """The Adapter seam: one backend protocol behind one small interface.
 
 Everything the gateway core sees of a backend goes through `Adapter`; library types
-(tritonclient, grpc stubs, httpx) stay inside the adapter's module.
+(tritonclient, grpc stubs, aiohttp) stay inside the adapter's module.
 
 Error tree::
 

@@ -1,6 +1,6 @@
 """Shared plumbing of the HTTP LLM adapters (OpenAI-compatible, Anthropic).
 
-One httpx.AsyncClient per endpoint (connection pooling; HTTP/2 for https). The API key comes
+One HTTPClient per endpoint (http_client.py: aiohttp, keep-alive connection pool). The API key comes
 from the environment variable or file the endpoint names (`api_key_env`, `api_key_file`), never
 from the config itself, and never appears in a message: the key is registered with adapters.scrub,
 which masks it (and any piece of 8+ characters) in every BackendError and log line. Both providers put the error text at `error.message` in the body.
@@ -13,19 +13,19 @@ UNAVAILABLE (retryable).
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
-import httpx
+import orjson
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata
+from .http_client import HTTPClient, TransportError
 from .llm import Usage
 from .scrub import register_secret
-from .tls import ClientTLS, client_tls
+from .tls import client_tls
 
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -74,14 +74,7 @@ class HTTPLLMAdapter:
         key = read_api_key(options)
         if key:
             headers.update(self._auth_headers(key))
-        self._client = Client(
-            tls,
-            base_url=self.base_url,
-            headers=headers,
-            http2=self.base_url.startswith("https"),
-            timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512, keepalive_expiry=60.0),
-        )
+        self._client = HTTPClient(self.base_url, tls=tls, headers=headers)
         self._models: set[str] = set()
 
     # -- errors ---------------------------------------------------------------------------------
@@ -90,7 +83,7 @@ class HTTPLLMAdapter:
 
     def _http_error(self, status: int, body: str, headers: Mapping[str, str], model: str) -> BackendError:
         try:
-            detail = json.loads(body).get("error", {})
+            detail = orjson.loads(body).get("error", {})
             text = detail.get("message") if isinstance(detail, dict) else str(detail)
         except (ValueError, AttributeError):
             text = body[:200]
@@ -104,7 +97,7 @@ class HTTPLLMAdapter:
             retry_after=retry_after,
         )
 
-    def _transport_error(self, err: httpx.HTTPError, model: str, usage: Usage | None = None) -> BackendError:
+    def _transport_error(self, err: TransportError, model: str, usage: Usage | None = None) -> BackendError:
         return transport_error(self._where(model), err, usage)
 
     async def _post(
@@ -117,11 +110,11 @@ class HTTPLLMAdapter:
     ) -> Any:
         """POST JSON; the decoded answer, or BackendError for transport and HTTP errors."""
         try:
-            resp = await self._client.post(path, json=body, timeout=timeout, headers=headers or None)
-        except httpx.HTTPError as err:
+            resp = await self._client.request("POST", path, json_body=body, timeout=timeout, headers=headers)
+        except TransportError as err:
             raise self._transport_error(err, model) from None
-        if resp.status_code != 200:
-            raise self._http_error(resp.status_code, resp.text, resp.headers, model)
+        if resp.status != 200:
+            raise self._http_error(resp.status, resp.text, resp.headers, model)
         try:
             return resp.json()
         except ValueError as err:
@@ -135,11 +128,11 @@ class HTTPLLMAdapter:
     async def server_live(self, timeout: float) -> bool:
         """GET /models: answers on OpenAI, vLLM, llama.cpp and TGI without spending tokens."""
         try:
-            resp = await self._client.get("/models", timeout=timeout)
-        except httpx.HTTPError as err:
+            resp = await self._client.request("GET", "/models", timeout=timeout)
+        except TransportError as err:
             raise self._transport_error(err, "") from None
-        if resp.status_code != 200:
-            raise self._http_error(resp.status_code, resp.text, resp.headers, "")
+        if resp.status != 200:
+            raise self._http_error(resp.status, resp.text, resp.headers, "")
         try:
             self._models = {str(m.get("id")) for m in resp.json().get("data", [])}
         except (ValueError, AttributeError):
@@ -166,21 +159,6 @@ class HTTPLLMAdapter:
         await self._client.aclose()
 
 
-async def sse_data(resp: httpx.Response) -> AsyncIterator[str]:
-    """The `data:` payloads of a server-sent event stream (multi-line data joined with newlines)."""
-    data: list[str] = []
-    async for line in resp.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-    if data:
-        yield "\n".join(data)
-
-
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -196,40 +174,14 @@ def seen_usage(usage: Usage, deltas: int) -> Usage:
     return usage if usage.completion_tokens else usage._replace(completion_tokens=deltas)
 
 
-class Client(httpx.AsyncClient):
-    """httpx raises RuntimeError when a closed client is used. An adapter can be closed while a
-    call or a readiness check races it (an endpoint retired by discovery): that is said as the
-    transport error every HTTP adapter already maps (UNAVAILABLE, retryable).
-
-    With `tls` (tls.py): the backend's CA and our client certificate, and its server name as
-    SNI and the name its certificate is checked against."""
-
-    def __init__(self, tls: ClientTLS | None, **kwargs: Any) -> None:
-        if tls is not None:
-            kwargs["verify"] = tls.ssl_context()
-        super().__init__(**kwargs)
-        self._sni = tls.server_name if tls is not None else ""
-
-    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        if self.is_closed:
-            raise httpx.ConnectError("the adapter's connections are closed", request=request)
-        if self._sni:
-            request.extensions["sni_hostname"] = self._sni
-        return await super().send(request, **kwargs)
-
-
-def transport_error(where: str, err: httpx.HTTPError, usage: Usage | None = None) -> BackendError:
-    """An httpx failure (no HTTP answer): timeouts are DEADLINE_EXCEEDED, the rest UNAVAILABLE (retryable).
+def transport_error(where: str, err: TransportError, usage: Usage | None = None) -> BackendError:
+    """No HTTP answer: a timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE (retryable).
 
     Shared by every HTTP adapter (LLM APIs, TF Serving)."""
-    code = (
-        grpc.StatusCode.DEADLINE_EXCEEDED
-        if isinstance(err, httpx.TimeoutException)
-        else grpc.StatusCode.UNAVAILABLE
-    )
+    code = grpc.StatusCode.DEADLINE_EXCEEDED if err.timeout else grpc.StatusCode.UNAVAILABLE
     return BackendError(
         code,
-        f"{where}: {type(err).__name__}: {err}"[:500],
+        f"{where}: {err}"[:500],
         retryable=code == grpc.StatusCode.UNAVAILABLE,
         usage=usage,
     )

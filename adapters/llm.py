@@ -63,9 +63,11 @@ class GenerateResult(NamedTuple):
 
 
 class TextDelta(NamedTuple):
-    """The next piece of generated text."""
+    """The next piece of generated text: the provider's deltas that arrived together, joined
+    (`pieces` of them, about one token each: what a stream cut short is charged for)."""
 
     text: str
+    pieces: int = 1
 
 
 class StreamEnd(NamedTuple):

@@ -11,10 +11,11 @@ from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import grpc
-import httpx
+import orjson
 
 from .base import BackendError
-from .http_llm import HTTPLLMAdapter, seen_usage, sse_data
+from .http_client import TransportError, sse_batches
+from .http_llm import HTTPLLMAdapter, seen_usage
 from .llm import (
     EmbedCall,
     EmbedResult,
@@ -55,60 +56,55 @@ class OpenAIAdapter(HTTPLLMAdapter):
     async def generate_stream(
         self, call: GenerateCall, timeout: float | None
     ) -> AsyncGenerator[StreamEvent, None]:
+        """Chunks that arrive together are one TextDelta (their texts joined): a burst of
+        tokens costs the caller one message, and nothing waits to fill a batch."""
         body = _chat_body(call, stream=True)
-        usage, finish, model = Usage(), "", call.model
-        tools: dict[int, list[str]] = {}
-        sent_any, deltas = False, 0
+        state = _Stream(call.model)
         try:
             async with self._client.stream(
-                "POST", "/chat/completions", json=body, timeout=timeout, headers=call.headers or None
+                "POST", "/chat/completions", json_body=body, timeout=timeout, headers=call.headers
             ) as resp:
-                if resp.status_code != 200:
-                    text = (await resp.aread()).decode(errors="replace")
-                    raise self._http_error(resp.status_code, text, resp.headers, call.model)
-                async for data in sse_data(resp):
-                    if data == "[DONE]":
-                        yield StreamEnd(model, finish, usage, _tools(tools))
+                if resp.status != 200:
+                    text = (await resp.read()).decode(errors="replace")
+                    raise self._http_error(resp.status, text, resp.headers, call.model)
+                async for batch in sse_batches(resp):
+                    texts: list[str] = []
+                    done = False
+                    for data in batch:
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        chunk = orjson.loads(data)
+                        if "error" in chunk:
+                            if texts:
+                                yield state.delta(texts)
+                            raise BackendError(
+                                grpc.StatusCode.UNAVAILABLE,
+                                f"{self._where(call.model)}: stream error: {chunk['error']}",
+                                retryable=not state.deltas,
+                                usage=state.usage,
+                            )
+                        state.read(chunk, texts)
+                    if texts:
+                        yield state.delta(texts)
+                    if done:
+                        yield StreamEnd(state.model, state.finish, state.usage, _tools(state.tools))
                         return
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise BackendError(
-                            grpc.StatusCode.UNAVAILABLE,
-                            f"{self._where(call.model)}: stream error: {chunk['error']}",
-                            retryable=not sent_any,
-                            usage=usage,
-                        )
-                    model = str(chunk.get("model") or model)
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            sent_any, deltas = True, deltas + 1
-                            yield TextDelta(str(delta["content"]))
-                        for t in delta.get("tool_calls") or ():
-                            parts = tools.setdefault(int(t.get("index", 0)), ["", "", ""])
-                            fn = t.get("function") or {}
-                            parts[0] = t.get("id") or parts[0]
-                            parts[1] = fn.get("name") or parts[1]
-                            parts[2] += fn.get("arguments") or ""
-                        if choice.get("finish_reason"):
-                            finish = _finish(choice["finish_reason"])
-        except httpx.HTTPError as err:
-            raise self._transport_error(err, call.model, seen_usage(usage, deltas)) from None
+        except TransportError as err:
+            raise self._transport_error(err, call.model, seen_usage(state.usage, state.deltas)) from None
         except (ValueError, TypeError, AttributeError) as err:
             raise BackendError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{self._where(call.model)}: malformed stream: {err}",
-                retryable=not sent_any,
-                usage=seen_usage(usage, deltas),
+                retryable=not state.deltas,
+                usage=seen_usage(state.usage, state.deltas),
             ) from None
         # The connection ended without [DONE]: the stream broke.
         raise BackendError(
             grpc.StatusCode.UNAVAILABLE,
             f"{self._where(call.model)}: stream ended before [DONE]",
-            retryable=not sent_any,
-            usage=seen_usage(usage, deltas),
+            retryable=not state.deltas,
+            usage=seen_usage(state.usage, state.deltas),
         )
 
     async def embed(self, call: EmbedCall, timeout: float | None) -> EmbedResult:
@@ -132,6 +128,40 @@ class VLLMAdapter(OpenAIAdapter):
     """vLLM serves the OpenAI API (its metrics differ: the load probe reads vllm:* names)."""
 
     kind: ClassVar[str] = "vllm"
+
+
+class _Stream:
+    """What a chat stream has said so far."""
+
+    __slots__ = ("deltas", "finish", "model", "tools", "usage")
+
+    def __init__(self, model: str) -> None:
+        self.model, self.finish, self.usage = model, "", Usage()
+        self.tools: dict[int, list[str]] = {}
+        self.deltas = 0  # provider deltas (~ tokens) passed on
+
+    def read(self, chunk: dict[str, Any], texts: list[str]) -> None:
+        """One chunk: its text appended to `texts`, the rest kept."""
+        self.model = str(chunk.get("model") or self.model)
+        if chunk.get("usage"):
+            self.usage = _usage(chunk["usage"])
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                texts.append(str(content))
+            for t in delta.get("tool_calls") or ():
+                parts = self.tools.setdefault(int(t.get("index", 0)), ["", "", ""])
+                fn = t.get("function") or {}
+                parts[0] = t.get("id") or parts[0]
+                parts[1] = fn.get("name") or parts[1]
+                parts[2] += fn.get("arguments") or ""
+            if choice.get("finish_reason"):
+                self.finish = _finish(choice["finish_reason"])
+
+    def delta(self, texts: list[str]) -> TextDelta:
+        self.deltas += len(texts)
+        return TextDelta("".join(texts), len(texts))
 
 
 def _chat_body(call: GenerateCall, *, stream: bool) -> dict[str, Any]:

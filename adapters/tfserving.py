@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import grpc
-import httpx
 import numpy as np
 
 from .base import BackendError, InferCall, InferResult, ModelMetadata, Tensor, TensorSpec
-from .http_llm import Client, transport_error
+from .http_client import HTTPClient, HTTPResponse, TransportError
+from .http_llm import transport_error
 from .tensor_codec import encode_numpy, tensor_to_list
 from .tls import client_tls
 
@@ -43,23 +43,23 @@ class TFServingAdapter:
         tls = client_tls(options or {})
         self.base_url = (options or {}).get("base_url") or f"{'https' if tls else 'http'}://{address}"
         self.signature_name = (options or {}).get("signature_name") or "serving_default"
-        self._client = Client(tls, base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0))
+        self._client = HTTPClient(self.base_url, tls=tls)
 
     def _where(self, model: str) -> str:
         return f"backend {self.endpoint_id} ({self.kind} at {self.base_url}), model '{model}'"
 
-    def _error(self, resp: httpx.Response, model: str) -> BackendError:
+    def _error(self, resp: HTTPResponse, model: str) -> BackendError:
         try:
             text = str(resp.json().get("error", resp.text))
-        except ValueError:
+        except (ValueError, AttributeError):
             text = resp.text[:200]
         code = _STATUS.get(
-            resp.status_code,
-            grpc.StatusCode.UNAVAILABLE if resp.status_code >= 500 else grpc.StatusCode.INTERNAL,
+            resp.status,
+            grpc.StatusCode.UNAVAILABLE if resp.status >= 500 else grpc.StatusCode.INTERNAL,
         )
         return BackendError(
             code,
-            f"{self._where(model)}: HTTP {resp.status_code}: {text}",
+            f"{self._where(model)}: HTTP {resp.status}: {text}",
             retryable=code == grpc.StatusCode.UNAVAILABLE,
         )
 
@@ -77,15 +77,16 @@ class TFServingAdapter:
         inputs = {t.name: tensor_to_list(t) for t in call.inputs}
         body: dict[str, Any] = {"inputs": inputs}
         try:
-            resp = await self._client.post(
+            resp = await self._client.request(
+                "POST",
                 f"{self._path(call.model, call.version)}:predict",
-                json=body,
+                json_body=body,
                 timeout=timeout,
-                headers=call.headers or None,
+                headers=call.headers,
             )
-        except httpx.HTTPError as err:
+        except TransportError as err:
             raise transport_error(self._where(call.model), err) from None
-        if resp.status_code != 200:
+        if resp.status != 200:
             raise self._error(resp, call.model)
         try:
             outputs = resp.json()["outputs"]
@@ -106,17 +107,17 @@ class TFServingAdapter:
     async def server_live(self, timeout: float) -> bool:
         """TF Serving's REST API has no liveness route: any HTTP answer means the server is up."""
         try:
-            await self._client.get("/v1/models/__meshgate_probe__", timeout=timeout)
-        except httpx.HTTPError as err:
+            await self._client.request("GET", "/v1/models/__meshgate_probe__", timeout=timeout)
+        except TransportError as err:
             raise transport_error(self._where(""), err) from None
         return True
 
     async def model_ready(self, model: str, version: str, timeout: float) -> bool:
         try:
-            resp = await self._client.get(self._path(model, version), timeout=timeout)
-        except httpx.HTTPError as err:
+            resp = await self._client.request("GET", self._path(model, version), timeout=timeout)
+        except TransportError as err:
             raise transport_error(self._where(model), err) from None
-        if resp.status_code != 200:
+        if resp.status != 200:
             return False
         try:
             states = [v.get("state") for v in resp.json().get("model_version_status", [])]
@@ -127,12 +128,14 @@ class TFServingAdapter:
     async def model_metadata(self, model: str, version: str, timeout: float | None) -> ModelMetadata:
         """GET .../metadata: the `serving_default` SignatureDef (or Meta `signature_name`)."""
         try:
-            status = await self._client.get(self._path(model, version), timeout=timeout)
-            resp = await self._client.get(f"{self._path(model, version)}/metadata", timeout=timeout)
-        except httpx.HTTPError as err:
+            status = await self._client.request("GET", self._path(model, version), timeout=timeout)
+            resp = await self._client.request(
+                "GET", f"{self._path(model, version)}/metadata", timeout=timeout
+            )
+        except TransportError as err:
             raise transport_error(self._where(model), err) from None
         for r in (status, resp):
-            if r.status_code != 200:
+            if r.status != 200:
                 raise self._error(r, model)
         try:
             versions = tuple(str(v["version"]) for v in status.json().get("model_version_status", []))

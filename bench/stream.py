@@ -27,7 +27,7 @@ import grpc
 import httpx
 from meshgate.v1 import generate_pb2, inference_pb2_grpc
 
-from bench.overhead import ROOT, free_port, group_cpu_seconds, start, stop
+from bench.overhead import ROOT, baseline_tree, free_port, group_cpu_seconds, start, stop
 
 STANDIN = """
 import sys, threading
@@ -81,7 +81,7 @@ async def mesh_stream(stub: Any, words: str, delay: float = 0.0) -> tuple[float,
             now = time.perf_counter()
             first = first or now - t0
             stamps.append(now)
-            n += 1
+            n += len(event.delta.split())  # tokens: deltas that arrived together are one message
     return first, stamps, n
 
 
@@ -113,6 +113,26 @@ async def run(mode: str, streams: int, words: str, target: str, stagger: float) 
     }
 
 
+def _gateway_config(port: int, backend_port: int) -> dict[str, Any]:
+    return {
+        "log_level": "WARNING",
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "metrics": {"listen": None},
+        "pools": {
+            "llm": {
+                "endpoints": [
+                    {
+                        "id": "standin",
+                        "address": f"127.0.0.1:{backend_port}",
+                        "backend": "openai",
+                        "models": ["echo"],
+                    }
+                ]
+            }
+        },
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=100)
@@ -124,8 +144,17 @@ def main() -> int:
         default=2.0,
         help="seconds over which the streams start (0 = all at once, a burst)",
     )
+    ap.add_argument(
+        "--baseline",
+        default="",
+        metavar="REV",
+        help="also run the gateway of git revision REV (a worktree), side by side: meshgate-before",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="meshgate-bench-stream-"))
+    trees = [("meshgate", ROOT)]
+    if args.baseline:
+        trees.append(("meshgate-before", baseline_tree(work, args.baseline)))
     words = " ".join(["tok"] * (args.tokens - 1))  # the stand-in echoes: "echo:" + the words
     rows: list[tuple[str, str, dict[str, float]]] = []
     loads = (
@@ -143,61 +172,50 @@ def main() -> int:
         )
         assert backend.stdout is not None
         port = int(backend.stdout.readline())
-        gw_port = free_port()
-        cfg = work / f"gw-{gw_port}.yaml"
-        cfg.write_text(
-            json.dumps(
-                {
-                    "log_level": "WARNING",
-                    "server": {"listen": f"127.0.0.1:{gw_port}"},
-                    "metrics": {"listen": None},
-                    "pools": {
-                        "llm": {
-                            "endpoints": [
-                                {
-                                    "id": "standin",
-                                    "address": f"127.0.0.1:{port}",
-                                    "backend": "openai",
-                                    "models": ["echo"],
-                                }
-                            ]
-                        }
-                    },
-                }
-            )
-        )
-        gw = start([sys.executable, "-m", "gateway", "serve", "--config", str(cfg)], work / "gw.log")
         try:
+            targets = [("direct", f"http://127.0.0.1:{port}/v1", None)]
+            for name, tree in trees:
+                gw_port = free_port()
+                cfg = work / f"gw-{gw_port}.yaml"
+                cfg.write_text(json.dumps(_gateway_config(gw_port, port)))
+                gw = start(
+                    [sys.executable, "-m", "gateway", "serve", "--config", str(cfg)],
+                    work / f"{name}.log",
+                    cwd=tree,
+                )
+                targets.append((name, f"127.0.0.1:{gw_port}", gw))
             time.sleep(3)
-            for mode, target in (
-                ("direct", f"http://127.0.0.1:{port}/v1"),
-                ("meshgate", f"127.0.0.1:{gw_port}"),
-            ):
-                cpu0 = group_cpu_seconds(gw.pid)
+            for mode, target, gw in targets:
+                cpu0 = group_cpu_seconds(gw.pid) if gw is not None else 0.0
                 t0 = time.monotonic()
                 stats = asyncio.run(run(mode, args.streams, words, target, stagger))
-                stats["gateway_cpu_pct"] = (group_cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0) * 100
+                if gw is not None:
+                    stats["gateway_cpu_pct"] = (
+                        (group_cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0) * 100
+                    )
                 rows.append((label, mode, stats))
+                cpu = f"  gateway CPU {stats['gateway_cpu_pct']:5.1f}%" if gw is not None else ""
                 print(
-                    f"  {label:28} {mode:9} {stats['tokens_per_s']:8.0f} tok/s  TTFT p50 {stats['ttft_p50_ms']:7.1f} ms"
-                    f"  p99 {stats['ttft_p99_ms']:7.1f} ms  gap p99 {stats['gap_p99_ms']:6.1f} ms"
-                    f"  gateway CPU {stats['gateway_cpu_pct']:5.1f}%",
+                    f"  {label:28} {mode:15} {stats['tokens_per_s']:8.0f} tok/s  TTFT p50 {stats['ttft_p50_ms']:7.1f} ms"
+                    f"  p99 {stats['ttft_p99_ms']:7.1f} ms  gap p99 {stats['gap_p99_ms']:6.1f} ms{cpu}",
                     flush=True,
                 )
         finally:
-            stop(gw)
+            for _, _, gw in targets:
+                if gw is not None:
+                    stop(gw)
             stop(backend)
     lines = [
         "| load | path | tokens/s | TTFT p50 | TTFT p99 | inter-token p99 | gateway CPU |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, mode, st in rows:
-        cpu = f"{st['gateway_cpu_pct']:.0f}%" if mode == "meshgate" else ""
+        cpu = f"{st['gateway_cpu_pct']:.0f}%" if "gateway_cpu_pct" in st else ""
         lines.append(
             f"| {label} | {mode} | {st['tokens_per_s']:.0f} | {st['ttft_p50_ms']:.1f} ms | {st['ttft_p99_ms']:.1f} ms"
             f" | {st['gap_p99_ms']:.1f} ms | {cpu} |"
         )
-    paced = [st for label, _, st in rows if "starts over" in label]
+    paced = [st for label, mode, st in rows if "starts over" in label and mode in ("direct", "meshgate")]
     if len(paced) == 2:
         lines += [
             "",
@@ -205,6 +223,16 @@ def main() -> int:
             f"{paced[1]['tokens_per_s'] / paced[0]['tokens_per_s'] * 100:.1f}% of the direct token rate and adds "
             f"{paced[1]['ttft_p50_ms'] - paced[0]['ttft_p50_ms']:.1f} ms to p50 time to first token.",
         ]
+    if args.baseline:
+        by = {(label, mode): st for label, mode, st in rows}
+        for label, _, _ in loads:
+            now, before = by.get((label, "meshgate")), by.get((label, "meshgate-before"))
+            if now and before:
+                lines.append(
+                    f"{label}: tokens/s {now['tokens_per_s'] / before['tokens_per_s']:.2f}x {args.baseline},"
+                    f" gateway CPU {now['gateway_cpu_pct'] / before['gateway_cpu_pct']:.2f}x,"
+                    f" TTFT p50 {now['ttft_p50_ms'] - before['ttft_p50_ms']:+.1f} ms"
+                )
     table = "\n".join(lines)
     print("\n" + table)
     out = ROOT / "bench" / "out" / "stream.md"

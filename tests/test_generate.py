@@ -173,12 +173,12 @@ def test_stream_broken_after_first_token_is_unavailable(
     with ch, pytest.raises(grpc.RpcError) as caught:
         for msg in s.GenerateStream(request("x y z w"), timeout=10):
             got.append(msg.delta)
-    assert got == ["echo:", " x"]
+    assert "".join(got) == "echo: x"  # two deltas (one message when they arrive together)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert _completion_tokens(gateway) == tokens_before + 2  # what the caller received is accounted
     assert (
         "stream ended before [DONE]" in caught.value.details()
-        or "RemoteProtocolError" in caught.value.details()
+        or "the connection closed before the response was complete" in caught.value.details()
     )
 
 

@@ -207,7 +207,7 @@ def test_a_cancelled_stream_pays_for_what_it_streamed(world: World) -> None:
             got = 0
             for msg in stream:
                 if msg.WhichOneof("event") == "delta":
-                    got += 1
+                    got += len(msg.delta.split())  # words: deltas that came together are one message
                 if got >= 3:
                     stream.cancel()
                     break
@@ -235,17 +235,20 @@ def test_a_long_stream_spends_its_limit_while_it_runs(world: World) -> None:
             req = _chat(words, 0)
             req.sampling.ClearField("max_tokens")
             stream = stub.GenerateStream(req, timeout=30, metadata=world.md("erin"))
-            got = 0
+            got, checked = 0, set()
             for msg in stream:
-                got += msg.WhichOneof("event") == "delta"
-                if got == 30:  # within its reservation: another small call passes
+                if msg.WhichOneof("event") == "delta":
+                    got += len(msg.delta.split())  # words: deltas that came together are one message
+                if got >= 30 and "early" not in checked:  # within its reservation: a small call passes
+                    checked.add("early")
                     stub.Generate(_chat("hi", 1), timeout=10, metadata=world.md("erin"))
-                if got == 460:  # 597 + 460 > 1000: the excess is already charged
+                if got >= 460 and "late" not in checked:  # 597 + 460 > 1000: the excess is charged
+                    checked.add("late")
                     with pytest.raises(grpc.RpcError) as err:
                         stub.Generate(_chat("hi", 1), timeout=10, metadata=world.md("erin"))
                     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     assert "llm-tokens" in (err.value.details() or "")
-            assert got == 501  # the stream itself is not cut
+            assert got == 501 and checked == {"early", "late"}  # the stream itself is not cut
     finally:
         world.llm.token_interval_s = 0.0
 

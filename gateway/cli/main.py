@@ -137,8 +137,6 @@ def _serve(path: str | None, workers: int) -> int:
     )
     for handler in logging.getLogger().handlers:  # configured secrets never reach a log line
         handler.addFilter(ScrubFilter(skip=("meshgate.access",)))
-    # httpx logs every request at INFO: one line per LLM call and readiness probe is noise.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     if workers > 1:
         return _serve_workers(path, workers)
     from ..server.app import serve

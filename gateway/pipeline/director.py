@@ -51,7 +51,6 @@ from .attempts import Attempt, Attempts, Route
 from .context import RequestContext
 from .forward import identity_headers
 from .stages import (
-    PROGRESS_EVERY,
     Call,
     Outcome,
     Stage,
@@ -323,10 +322,10 @@ class Director:
     ) -> None:
         """One stream message to the caller (and to the cache, when it keeps this stream)."""
         record = call.ctx.record
-        record.delivered += 1
+        record.delivered += message.pieces if type(message) is TextDelta else 1
         if call.collect is not None:
             call.collect.append(message)
-        if call.progress is not None and record.delivered % PROGRESS_EVERY == 0:
+        if call.progress is not None and record.delivered >= call.progress_at:
             await report_progress(call)
         await send(message, route)
 

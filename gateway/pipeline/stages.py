@@ -62,6 +62,7 @@ class Call:
         "kind",
         "model",
         "progress",
+        "progress_at",
         "request",
         "result",
         "stream",
@@ -86,6 +87,7 @@ class Call:
         self.result: tuple[Any, Any] | None = None
         # Stages told of a chat stream's tokens as they arrive (Progresses), with their tickets.
         self.progress: list[tuple[Any, Any]] | None = None
+        self.progress_at = PROGRESS_EVERY  # report when this many deltas have been delivered
 
 
 class Outcome(NamedTuple):
@@ -125,8 +127,9 @@ class Stage(Protocol):
 
 class Progresses(Protocol):
     """A stage that charges a chat stream as it goes (limits, budgets) also has `progress`:
-    called every PROGRESS_EVERY deltas with the tokens used so far (the prompt estimate plus one
-    per delta), so a long stream spends its limits while it runs, not only when it ends."""
+    called every PROGRESS_EVERY provider deltas (a TextDelta may join several) with the tokens used
+    so far (the prompt estimate plus one per delta), so a long stream spends its limits while it
+    runs, not only when it ends."""
 
     async def progress(self, call: Call, ticket: Any, tokens: int) -> None: ...
 
@@ -155,7 +158,9 @@ async def settle_all(
 
 
 async def report_progress(call: Call) -> None:
-    tokens = call.estimate.prompt_tokens + call.ctx.record.delivered
+    delivered = call.ctx.record.delivered
+    call.progress_at = delivered + PROGRESS_EVERY
+    tokens = call.estimate.prompt_tokens + delivered
     for progress, ticket in call.progress or ():
         await progress(call, ticket, tokens)
 
