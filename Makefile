@@ -11,7 +11,7 @@ VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-auth bench-discovery bench-stream bench-balance bench-fairness bench-ledger bench-des bench-probe servers system-deps test-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-auth bench-discovery bench-stream bench-balance bench-fairness bench-ledger bench-peers bench-des bench-probe servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-balance  routing policies compared on simulated GPU backends"
 	@echo "make bench-fairness one pool at 2x overload, 4 tenants: fair admission vs backend FIFO"
 	@echo "make bench-ledger   usage records/s into SQLite and PostgreSQL, and what append() costs the request path"
+	@echo "make bench-peers    the LLM path against LiteLLM and Portkey, one fake OpenAI backend, one run"
 	@echo "make bench-des      the policies at 1,000 backends x 3 replicas (simulation)"
 	@echo "make bench-probe    the load probe's cost at 200 and 1,000 endpoints"
 
@@ -79,6 +80,10 @@ bench-overhead: venv system-deps
 
 bench-auth: venv system-deps
 	$(BIN)/python -m bench.auth $(BENCH_ARGS)
+
+bench-peers: venv system-deps
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 bench-ledger: venv test-deps
 	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
