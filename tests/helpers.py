@@ -49,3 +49,24 @@ def metric_value(page: str, name: str, **labels: str) -> float:
         if line.startswith(name + want + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def llm_pool(base_url: str, models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
+    """A pool of one OpenAI-compatible endpoint (a stand-in's base URL): the `llm` pool of most
+    LLM test configs."""
+    return {
+        "endpoints": [
+            {
+                "id": "llm",
+                "address": "127.0.0.1:1",
+                "backend": "openai",
+                "models": list(models),
+                "base_url": base_url,
+            }
+        ]
+    }
+
+
+def api_key_auth(keys_file: Any) -> dict[str, Any]:
+    """auth: API keys from a keys file."""
+    return {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}}

@@ -19,6 +19,7 @@ import redis
 from google.rpc import error_details_pb2, status_pb2
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, generate_pb2, inference_pb2_grpc
 
+from tests.helpers import api_key_auth, llm_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.postgres_server import PostgresServer
 from tests.procs import ROOT, Gateway, make_key
@@ -83,20 +84,8 @@ def llm() -> Iterator[OpenAIStandIn]:
 
 def _config(llm: OpenAIStandIn, keys_file: Path, **extra: Any) -> dict[str, Any]:
     return {
-        "pools": {
-            "llm": {
-                "endpoints": [
-                    {
-                        "id": "llm",
-                        "address": "127.0.0.1:1",
-                        "backend": "openai",
-                        "models": ["echo"],
-                        "base_url": llm.base_url,
-                    }
-                ]
-            }
-        },
-        "auth": {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}},
+        "pools": {"llm": llm_pool(llm.base_url)},
+        "auth": api_key_auth(keys_file),
         "budgets": {"limits": BUDGETS},
         **extra,
     }

@@ -18,7 +18,7 @@ from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, routing
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from tests.helpers import add_sub_request, metric_value, output
+from tests.helpers import add_sub_request, llm_pool, metric_value, output
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import Gateway, Triton, make_key
 from tests.redis_server import RedisServer
@@ -72,17 +72,7 @@ def world(
                     }
                 ]
             },
-            "llm": {
-                "endpoints": [
-                    {
-                        "id": "llm",
-                        "address": "127.0.0.1:1",
-                        "backend": "openai",
-                        "models": ["echo"],
-                        "base_url": llm.base_url,
-                    }
-                ]
-            },
+            "llm": llm_pool(llm.base_url),
         },
         "auth": {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}},
         "cache": {"ttl_s": TTL, "max_bytes": 4096, "store": request.param},

@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, tensor_pb2
 
-from tests.helpers import add_sub_request, infer, metric_value
+from tests.helpers import add_sub_request, infer, llm_pool, metric_value
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import Gateway, Triton, make_key, wait_until
 from tests.redis_server import RedisServer
@@ -66,17 +66,7 @@ def _config(triton: Triton, llm: OpenAIStandIn, keys_file: Path, **extra: Any) -
                     }
                 ]
             },
-            "llm": {
-                "endpoints": [
-                    {
-                        "id": "llm",
-                        "address": "127.0.0.1:1",
-                        "backend": "openai",
-                        "models": ["echo"],
-                        "base_url": llm.base_url,
-                    }
-                ]
-            },
+            "llm": llm_pool(llm.base_url),
         },
         "auth": {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file), "reload_s": 0.2}},
         **extra,

@@ -24,7 +24,7 @@ from meshgate.v1 import admin_pb2, admin_pb2_grpc, generate_pb2, inference_pb2, 
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from tests.helpers import add_sub_request
+from tests.helpers import add_sub_request, api_key_auth, llm_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import ROOT, Gateway, Triton, make_key
 
@@ -66,19 +66,9 @@ def _config(triton: Triton, llm: OpenAIStandIn, keys_file: Path, db: Path, **led
                     }
                 ]
             },
-            "llm": {
-                "endpoints": [
-                    {
-                        "id": "llm",
-                        "address": "127.0.0.1:1",
-                        "backend": "openai",
-                        "models": ["echo"],
-                        "base_url": llm.base_url,
-                    }
-                ]
-            },
+            "llm": llm_pool(llm.base_url),
         },
-        "auth": {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}},
+        "auth": api_key_auth(keys_file),
         "ledger": {"path": str(db), "flush_interval_s": 0.2, **ledger},
         "prices": {"models": {"ech*": {"in_per_1k": PRICE_IN, "out_per_1k": PRICE_OUT}}, "cache_hit": 0.5},
         "cache": {"models": ["add_sub"]},
