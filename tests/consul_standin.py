@@ -240,8 +240,13 @@ class ConsulStandIn:
 
     def close(self) -> None:
         async def _close() -> None:
-            for t in [*self._tasks, *self._probes.values()]:
+            # every task of this loop: ours, the probes, and probes of checks dropped lately
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
                 t.cancel()
+            # Wait for them to unwind (their aiohttp sessions close): a task still pending when
+            # the loop closes is collected later and complains ("coroutine ignored GeneratorExit").
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._runner is not None:
                 await self._runner.cleanup()
 
