@@ -3,7 +3,8 @@
 # only when it can (root + apt-get).
 #   system-deps.sh test    Java for TorchServe (the real TorchServe in tests/test_torchserve.py),
 #                          redis-server (the shared counters' tests run against a real Redis),
-#                          postgresql (the usage ledger's tests run against a real PostgreSQL)
+#                          postgresql (the usage ledger's tests run against a real PostgreSQL),
+#                          prometheus (promtool lints the gateway's metrics page in the tests)
 #   system-deps.sh bench   nginx as the C reference proxy, h2load as load generator
 set -euo pipefail
 need=()
@@ -13,7 +14,8 @@ for what in "$@"; do
     test)
       command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
       command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-      compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql) ;;
+      compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+      command -v promtool >/dev/null 2>&1 || need+=(prometheus) ;;
     bench)
       command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
       command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client) ;;
