@@ -27,6 +27,7 @@ from typing import NamedTuple
 from adapters.llm import Usage
 from discovery import Endpoint
 
+from ..pipeline.stages import Call, Outcome, settled_usage
 from .config import PricesConfig, TokenPrice
 
 _EXTERNAL = frozenset({"openai", "anthropic"})  # provider APIs: billed per token, no GPU of ours
@@ -73,6 +74,15 @@ class Prices:
                     + usage.completion_tokens * price.out_per_1k
                 ) / 1000.0
         return Charge(gpu_seconds, cost)
+
+    def of_call(self, call: Call, outcome: Outcome) -> Charge:
+        """What a call that ended cost, worked out once (the ledger and the budgets both ask)."""
+        record = call.ctx.record
+        if record.charge is None:
+            usage = settled_usage(call, outcome)
+            record.charge = self.charge(record.model or call.model, usage, record.held, call.hit is not None)
+        charge: Charge = record.charge
+        return charge
 
     def worst_case(
         self, model: str, prompt_tokens: int, output_tokens: int, endpoints: Sequence[Endpoint], hold_s: float

@@ -38,7 +38,7 @@ class LedgerStage:
         record = ctx.record
         usage = settled_usage(call, outcome)
         model = record.model or call.model
-        charge = self._prices.charge(model, usage, record.held, call.hit is not None)
+        charge = self._prices.of_call(call, outcome)
         p = ctx.principal
         self._writer.append(
             UsageRecord(

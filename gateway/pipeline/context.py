@@ -50,6 +50,7 @@ class CallRecord:
         "bytes_in",
         "bytes_out",
         "cache",
+        "charge",
         "delivered",
         "endpoint",
         "held",
@@ -76,6 +77,7 @@ class CallRecord:
         self.cache = ""  # the response cache's verdict: hit | miss | refresh | bypass | uncacheable
         # Each backend attempt: (endpoint, seconds it held a slot there), for GPU-second charges.
         self.held: list[tuple[Endpoint, float]] = []
+        self.charge: Any = None  # what the call cost (ledger.prices.Charge), worked out once at settlement
 
 
 class RequestContext(NamedTuple):

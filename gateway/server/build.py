@@ -119,7 +119,7 @@ def ledger(config: Config, metrics: Metrics) -> LedgerWriter | None:
     if c.store == "postgres":
         from ..ledger.postgres import PostgresLedger
 
-        store = PostgresLedger(_redis_url(c.url))
+        store = PostgresLedger(_store_url(c.url))
     else:
         store = SQLiteLedger(os.path.expanduser(c.path))
     return LedgerWriter(
@@ -131,7 +131,7 @@ def ledger(config: Config, metrics: Metrics) -> LedgerWriter | None:
     )
 
 
-def _redis_url(url: str) -> str:
+def _store_url(url: str) -> str:
     """The URL of a store (Redis, PostgreSQL), its password registered as a secret."""
     password = urllib.parse.urlsplit(url).password
     if password:
@@ -144,7 +144,7 @@ def cache(config: Config, metrics: Metrics) -> CacheStore:
     if c is not None and c.store == "redis" and config.redis is not None:
         r = config.redis
         return RedisCache(
-            _redis_url(r.url),
+            _store_url(r.url),
             metrics,
             max_bytes=c.max_bytes,
             timeout_s=r.timeout_s,
@@ -159,14 +159,14 @@ def budget_counters(config: Config) -> Counters:
     reservation per replica), or this process's memory."""
     if config.budgets.store == "redis" and config.redis is not None:
         r = config.redis
-        return RedisCounters(_redis_url(r.url), timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
+        return RedisCounters(_store_url(r.url), timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
     return MemoryCounters(time.time)
 
 
 def counters(config: Config) -> Counters:
     if config.rate_limits.store == "redis" and config.redis is not None:
         r = config.redis
-        _redis_url(r.url)
+        _store_url(r.url)
         redis = RedisCounters(r.url, timeout_s=r.timeout_s, retry_s=r.retry_s, prefix=r.prefix)
         if r.mode == "leased":
             return LeasedCounters(redis, lease_fraction=r.lease_fraction, lease_s=r.lease_s)

@@ -178,8 +178,7 @@ class BudgetStage:
         if ticket is None:
             return
         usage = settled_usage(call, outcome)
-        record = call.ctx.record
-        charge = self._prices.charge(record.model or call.model, usage, record.held, call.hit is not None)
+        charge = self._prices.of_call(call, outcome)
         tokens = float(usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0.0
         deltas = [h.charged[0] - (charge.cost if h.budget.unit == "money" else tokens) for h in ticket.held]
         if any(deltas):
@@ -334,11 +333,10 @@ class BudgetStage:
 def ledger_restore(usage: Callable[..., Awaitable[Any]], flush: Callable[[], Awaitable[bool]]) -> Restore:
     """A Restore over the ledger: the budget's unit summed over its window, for its scope value
     and models (rows grouped by scope and model, filtered here)."""
-    group = {"department": "department", "project": "project", "user": "user", "api_key": "credential_id"}
 
     async def restore(budget: Budget, value: str, w: Window) -> float:
         await asyncio.wait_for(flush(), 5.0)
-        rows = await usage(w.start, w.end, [group[budget.scope], "model"])
+        rows = await usage(w.start, w.end, [_SCOPE[budget.scope], "model"])
         models = re.compile("|".join(fnmatch.translate(m) for m in budget.models))
         total = 0.0
         for row in rows:
