@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from discovery import Endpoint, ModelRef
 from gateway.endpoints import EndpointState
@@ -81,9 +81,57 @@ class Backend:
         return "\n".join(lines) + "\n"
 
 
+class World(NamedTuple):
+    """The fleet and what happens to it during a run."""
+
+    capacities: tuple[float, ...]
+    slots: int = 4
+    unit_s: float = UNIT_S  # one unit of work on an idle capacity-1 GPU
+    loaded: tuple[int, ...] = ()  # backends carrying a 60% background from the start
+    togglers: tuple[int, ...] = ()  # backends whose background flips 0 <-> 60% every 2 s
+    jump: tuple[float, int, float] | None = None  # (at s, backend, background): a jump that stays
+
+    @classmethod
+    def fleet(cls, n: int, seed: int) -> World:
+        """bench-des's 1,000-backend world: capacities 1/1/2/4 at random, 10% carry 60% background
+        load and half of those toggle it every 2 s."""
+        rng = random.Random(seed)
+        caps = tuple(rng.choice([1.0, 1.0, 2.0, 4.0]) for _ in range(n))
+        loaded = tuple(rng.sample(range(n), n // 10))
+        return cls(caps, loaded=loaded, togglers=loaded[: n // 20])
+
+    def rate(self, load: float) -> float:
+        """Requests per second at `load` of the total capacity (mean request: 2.4 units)."""
+        return load * sum(c * self.slots for c in self.capacities) / self.unit_s / MEAN_UNITS
+
+
+MEAN_UNITS = 0.8 * 1.0 + 0.2 * 8.0
+
+
+class EnvoyWlr:
+    """Envoy's weighted least request as it implements it (EdfLoadBalancerBase): an earliest
+    deadline first schedule over the hosts; a pick pops the earliest deadline and puts that host
+    back with deadline = the popped one + 1 / w, w = capacity / (active + 1) read at that moment.
+    Other hosts' weights are only re-read when they are picked (not greedy argmax)."""
+
+    def __init__(self, states: list[EndpointState]) -> None:
+        self.states = states
+        self.heap = [(1.0 / s.endpoint.capacity, i, i) for i, s in enumerate(states)]
+        heapq.heapify(self.heap)
+        self.seq = len(states)
+
+    def pick(self) -> EndpointState:
+        deadline, _, i = heapq.heappop(self.heap)
+        s = self.states[i]
+        self.seq += 1
+        w = s.endpoint.capacity / (s.calls.in_flight + 1.0)
+        heapq.heappush(self.heap, (deadline + 1.0 / w, self.seq, i))
+        return s
+
+
 def simulate(
     policy: str,
-    n: int,
+    world: World,
     replicas: int,
     load: float,
     seconds: float,
@@ -91,15 +139,18 @@ def simulate(
     explain: bool = False,
     scrape_s: float = 1.0,
 ) -> dict[str, float]:
+    """One run. Common random numbers: arrivals, sizes and replicas come from `seed` alone, so
+    every policy sees the same requests. Latencies of requests that arrived after the jump are
+    also reported alone (jump_*)."""
     rng = random.Random(seed)
-    backends = [Backend(i, rng.choice([1.0, 1.0, 2.0, 4.0]), 4) for i in range(n)]
-    loaded = rng.sample(range(n), n // 10)
-    for i in loaded:
+    unit_s = world.unit_s
+    backends = [Backend(i, c, world.slots) for i, c in enumerate(world.capacities)]
+    n = len(backends)
+    for i in world.loaded:
         backends[i].background = 0.6
-    togglers = loaded[: n // 20]
-    capacity_units = sum(b.capacity * b.slots for b in backends) / UNIT_S
-    rate = load * capacity_units / 2.4
+    rate = world.rate(load)
     scheduler_mod.time = Clock  # type: ignore[assignment]  # the scheduler reads the simulated clock
+    Clock.now = 0.0
     profiles = {
         "predicted_max": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "max_score"),
         "predicted_p2c": ProfileSpec(("ready", "not_ejected"), {"predicted": 1.0}, "p2c"),
@@ -123,12 +174,12 @@ def simulate(
             )
             s = EndpointState(ep, adapter=None)  # type: ignore[arg-type]
             s.health.live, s.health.ready_models = True, frozenset(ep.models)
-            s.calls.busy_since, s.scrape.busy_mark = 0.0, (0.0, 0.0)
+            s.calls.busy_since, s.calls.faded_at, s.scrape.busy_mark = 0.0, 0.0, (0.0, 0.0)
             states.append(s)
-        sched = Scheduler(profiles, default_profile=policy)
+        sched = Scheduler(profiles, default_profile="round_robin" if policy == "wlr_edf" else policy)
         for profile in sched.profiles.values():  # reproducible: each replica's picker seeded
             profile.picker._rng = random.Random(seed * 100 + len(views))
-        views.append((sched, states))
+        views.append((sched, states, EnvoyWlr(states) if policy == "wlr_edf" else None))
     events: list[tuple[float, int, str, Any]] = []
     seq = 0
 
@@ -140,20 +191,22 @@ def simulate(
     push(rng.expovariate(rate), "arrive", None)
     for k in range(1, int(seconds / scrape_s) + 1):
         push(k * scrape_s, "scrape", None)
-    for k in range(1, int(seconds / 2) + 1):
-        push(2.0 * k, "toggle", None)
+    if world.togglers:
+        for k in range(1, int(seconds / 2) + 1):
+            push(2.0 * k, "toggle", None)
+    jump_at = world.jump[0] if world.jump else float("inf")
+    if world.jump:
+        push(jump_at, "jump", None)
     specs = load_metric_names()["any"] + load_metric_names()["triton"]
     samples: list[LoadSample | None] = [None] * n
-    latencies: list[float] = []
-    by_model: dict[str, list[float]] = {"light": [], "heavy": []}
-    records: list[tuple[str, float, float, float, float]] = []
+    records: list[tuple[str, float, float, float, float, float]] = []
     decide_ns: list[int] = []
 
     def start(b: Backend, now: float, job: Any) -> None:
         b.account(now)
         b.busy += 1
         job["started"] = now
-        push(now + job["units"] * UNIT_S / (b.capacity * (1 - b.background)), "done", (b, job))
+        push(now + job["units"] * unit_s / (b.capacity * (1 - b.background)), "done", (b, job))
 
     while events:
         now, _, kind, data = heapq.heappop(events)
@@ -163,10 +216,10 @@ def simulate(
                 push(now + rng.expovariate(rate), "arrive", None)
             model, units = ("light", 1.0) if rng.random() < 0.8 else ("heavy", 8.0)
             r = rng.randrange(replicas)
-            sched, states = views[r]
+            sched, states, edf = views[r]
             req = RequestInfo(model, "", units, "", 10.0)
             t0 = time.perf_counter_ns()
-            state = sched.pick(states, req)
+            state = edf.pick() if edf is not None else sched.pick(states, req)
             decide_ns.append(time.perf_counter_ns() - t0)
             assert state is not None
             predicted = sched.started(state, req)
@@ -195,24 +248,17 @@ def simulate(
                 _, _, nxt = b.queue.popleft()
                 b.waiting[nxt["model"]] -= 1
                 start(b, now, nxt)
-            latencies.append(now - job["arrived"])
-            by_model[job["model"]].append(now - job["arrived"])
+            arrived = job["arrived"]
             records.append(
-                (
-                    job["model"],
-                    b.capacity,
-                    b.background,
-                    job["started"] - job["arrived"],
-                    now - job["arrived"],
-                )
+                (job["model"], b.capacity, b.background, job["started"] - arrived, now - arrived, arrived)
             )
             sched = views[job["replica"]][0]
-            sched.finished(job["state"], job["req"], job["pred"], now - job["arrived"], True, False)
+            sched.finished(job["state"], job["req"], job["pred"], now - arrived, True, False)
         elif kind == "scrape":
             # Every replica scrapes the same pages at about the same time: one parse, shared.
             for b in backends:
                 samples[b.i] = parse_page(b.page(now), specs, now, samples[b.i])
-            for sched, states in views:
+            for sched, states, _ in views:
                 for s, sample in zip(states, samples, strict=True):
                     if sample is not None:
                         observe(s, sample)
@@ -220,28 +266,49 @@ def simulate(
                 if not herding:
                     herd_factors(states)
         elif kind == "toggle":
-            for i in togglers:
+            for i in world.togglers:
                 backends[i].account(now)
                 backends[i].background = 0.0 if backends[i].background else 0.6
-    latencies.sort()
+        elif kind == "jump":
+            assert world.jump is not None
+            backends[world.jump[1]].account(now)
+            backends[world.jump[1]].background = world.jump[2]
     decide_ns.sort()
     if explain:
         print(placement(records), flush=True)
+    return summarise(records, decide_ns, jump_at)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))] * 1000 if values else float("nan")
+
+
+def summarise(
+    records: list[tuple[str, float, float, float, float, float]], decide_ns: list[int], jump_at: float
+) -> dict[str, float]:
+    latencies = sorted(r[4] for r in records)
     heavy = sorted(r[4] for r in records if r[0] == "heavy")
     light = sorted(r[4] for r in records if r[0] == "light")
+    after = sorted(r[4] for r in records if r[5] >= jump_at)
     return {
-        "p50": latencies[len(latencies) // 2] * 1000,
-        "p99": latencies[int(len(latencies) * 0.99)] * 1000,
+        "p50": _pct(latencies, 0.5),
+        "p99": _pct(latencies, 0.99),
         "requests": len(latencies),
         "decide_p50_us": decide_ns[len(decide_ns) // 2] / 1000,
         "decide_p99_us": decide_ns[int(len(decide_ns) * 0.99)] / 1000,
-        "light_p99": light[int(len(light) * 0.99)] * 1000,
-        "heavy_p99": heavy[int(len(heavy) * 0.99)] * 1000,
+        "light_p99": _pct(light, 0.99),
+        "heavy_p99": _pct(heavy, 0.99),
         "heavy_on_slowest": sum(1 for r in records if r[0] == "heavy" and r[1] == 1.0) / len(heavy),
+        "jump_p50": _pct(after, 0.5),
+        "jump_p99": _pct(after, 0.99),
+        "jump_heavy_on_jumped": (
+            sum(1 for r in records if r[0] == "heavy" and r[5] >= jump_at and r[2] > 0)
+            / max(1, sum(1 for r in records if r[0] == "heavy" and r[5] >= jump_at))
+        ),
     }
 
 
-def placement(records: list[tuple[str, float, float, float, float]]) -> str:
+def placement(records: list[tuple[str, float, float, float, float, float]]) -> str:
     """Where each kind of request went (capacity, background) and how it fared there."""
     out = ["    model  capacity  background  requests  waited  wait p99 ms  latency p50 ms  p99 ms"]
     for model in ("light", "heavy"):
@@ -296,7 +363,7 @@ def main() -> int:
             print(f"  {replicas} replicas {load:.0%} {policy}")
         r = simulate(
             policy,
-            args.backends,
+            World.fleet(args.backends, 7),
             replicas,
             load,
             args.seconds,

@@ -429,8 +429,8 @@ def test_vllm_running_and_answers_split_into_ours_and_other_callers() -> None:
     observe(s, second)
     assert s.scrape.shared is not None
     assert s.scrape.shared.share == pytest.approx(0.25)
-    # Smoothed over scrapes: half the first scrape's 4 (nothing of ours ran), half this one's 3.
-    assert s.scrape.shared.others == pytest.approx(0.5 * (4 + 3))
+    # The running gauge is instantaneous, not smoothed over scrapes: 3 of its 4 are others'.
+    assert s.scrape.shared.others == pytest.approx(3.0)
 
 
 def test_a_restarted_server_resets_its_counters_without_misleading_the_split() -> None:

@@ -7,6 +7,7 @@ reading and writing a field (in_flight += 1 is atomic with respect to other task
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 from adapters import Adapter
@@ -14,6 +15,9 @@ from discovery import Endpoint, ModelRef
 
 if TYPE_CHECKING:
     from ..load.parse import LoadSample
+    from ..load.split import Mark
+
+HISTORY = 120  # scrapes of counts kept per endpoint (load/split.py reads its windows from them)
 
 
 class Shared(NamedTuple):
@@ -63,7 +67,17 @@ class Calls:
     """Our calls there: written by the scheduler only (routing/scheduler.py started/finished,
     its pickers' last score, and the per-scrape fade of the latency feedback)."""
 
-    __slots__ = ("busy_area", "busy_since", "completed", "in_flight", "latency", "score", "slowdown", "units")
+    __slots__ = (
+        "busy_area",
+        "busy_since",
+        "completed",
+        "faded_at",
+        "in_flight",
+        "latency",
+        "score",
+        "slowdown",
+        "units",
+    )
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -79,6 +93,7 @@ class Calls:
         # EWMA of (observed / predicted time) over the pool's: > 1 = slower than the metrics
         # explain (see Scheduler.finished).
         self.slowdown = 1.0
+        self.faded_at = time.monotonic()  # when the probe last faded `slowdown` (Scheduler.scraped)
 
     def account(self, now: float, slots: int) -> None:
         """Add our busy share since the last change; call before in_flight changes."""
@@ -95,13 +110,15 @@ class Calls:
 class Scrape:
     """What its metrics page said: written by the load probe only (load/probe.py, split.py)."""
 
-    __slots__ = ("busy_mark", "load", "queued_at_scrape", "shared")
+    __slots__ = ("busy_mark", "intrinsic", "load", "marks", "queued_at_scrape", "shared")
 
     def __init__(self) -> None:
         self.load: LoadSample | None = None  # the latest sample; None before the first
         self.shared: Shared | None = None  # the sample split into ours and everyone else's
         self.queued_at_scrape = 0  # our calls waiting at the endpoint when it was scraped
         self.busy_mark = (0.0, time.monotonic())  # (Calls.busy_area, time) at the last scrape
+        self.marks: deque[Mark] = deque(maxlen=HISTORY)  # cumulative counts per scrape (split.py)
+        self.intrinsic: dict[str, float] = {}  # model -> compute seconds per answer with no background
 
 
 class Ejection:

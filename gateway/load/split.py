@@ -3,10 +3,28 @@ our share of the server's answers and the herd factor across gateway replicas.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ..endpoints import EndpointState, Shared
 from .parse import LoadSample
+
+WINDOW_ANSWERS = 8  # answers the occupancy window must hold...
+WINDOW_SPAN = 3.0  # ...and at least this many mean compute times per request
+RECENT_ANSWERS = 4  # answers the compute-time window must hold
+NOISE = 0.15  # a compute-time slowdown below this is the noise of compute times
+
+
+class Mark(NamedTuple):
+    """Cumulative counts at one scrape: the server's (over the declared models) and ours."""
+
+    at: float
+    answers: float
+    compute_s: float
+    per_model: Mapping[str, tuple[float, float]]  # model -> (answers, compute seconds)
+    area: float  # Calls.busy_area: our busy share of the slots, integrated
+    ours: int  # our answered calls
 
 
 def observe(
@@ -26,19 +44,46 @@ def observe(
     split_load(state, sample, previous, completed, models)
 
 
-def _declared(sample: LoadSample, previous: LoadSample, signal: str, models: frozenset[str]) -> float | None:
-    """A counter's growth since `previous`, summed over `models` where the page counts per
-    model; None where it does not, or a counter went back (the server restarted)."""
-    total, seen = 0.0, False
-    for m in models:
-        now_v, old_v = sample.counters.get((signal, m)), previous.counters.get((signal, m))
-        if now_v is None or old_v is None:
-            continue
-        if now_v < old_v:
-            return None
-        total += now_v - old_v
-        seen = True
-    return total if seen else None
+def _mark(sample: LoadSample, models: frozenset[str], area: float, ours: int) -> Mark | None:
+    """The page's request and compute-time counters over `models` (where it counts per model),
+    else its totals; None without a request counter."""
+    counters = sample.counters
+    per_model = {
+        m: (counters[("requests", m)], counters.get(("compute_us", m), 0.0) / 1e6)
+        for m in models
+        if ("requests", m) in counters
+    }
+    if per_model:
+        answers = sum(a for a, _ in per_model.values())
+        compute = sum(c for _, c in per_model.values())
+    elif ("requests", "") in counters:
+        answers, compute = counters[("requests", "")], counters.get(("compute_us", ""), 0.0) / 1e6
+    else:
+        return None
+    return Mark(sample.at, answers, compute, per_model, area, ours)
+
+
+def _since(marks: deque[Mark], answers: float, span: float) -> Mark | None:
+    """The newest mark before the last that leaves at least `answers` answers and `span` seconds
+    up to the last (the oldest kept when none does); None with fewer than two marks."""
+    if len(marks) < 2:
+        return None
+    last = marks[-1]
+    for i in range(len(marks) - 2, -1, -1):
+        old = marks[i]
+        if last.answers - old.answers >= answers and last.at - old.at >= span:
+            return old
+    return marks[0]
+
+
+def _compute_times(last: Mark, old: Mark) -> dict[str, float]:
+    """Compute seconds per answer, per model, between two marks."""
+    out = {}
+    for m, (answers, compute) in last.per_model.items():
+        before = old.per_model.get(m)
+        if before is not None and answers > before[0]:
+            out[m] = (compute - before[1]) / (answers - before[0])
+    return out
 
 
 def split_load(
@@ -51,78 +96,117 @@ def split_load(
     """Split what a scrape says into ours and everyone else's: `state.scrape.shared`.
 
     Two different things hide in "the GPU is busy", and they cost a new request differently:
-    - occupancy: other callers' requests (other gateway replicas, other clients) hold batch
-      slots. A new request waits for a slot but, once running, runs at full speed. Measured as
-      o = B (1 - s): B the requests executing on average over the window (`busy`: Triton's
-      compute-time counter over elapsed time, or vLLM's running gauge), s our share of the
-      requests the endpoint answered over recent windows (ours / its request counter). Without a
-      request counter, o = B - ours, ours our own busy share (Calls.busy_area) times
-      the slots.
+    - occupancy o: other callers' requests (other gateway replicas, other clients) hold batch
+      slots. A new request waits for a slot but, once running, runs at full speed.
+      o = B (1 - s), B the requests executing there, s our share of its answers. B is the
+      running gauge where the server has one (vLLM: instantaneous), else Triton's compute-time
+      counter over a window long enough to hold its completions: that counter moves only when a
+      request completes, so one scrape's window says nothing while long requests run. The
+      window reaches back (over the marks kept per scrape) to 8 answers and 3 mean compute times
+      per request; s is counted over the same window. Without a request counter,
+      o = B - ours.
     - background x: work outside the serving process (another tenant on the GPU) that slows
       every request. A GPU busy with n of its slots' worth of requests and x of other work
-      reports g = x + (1 - x) n / slots (utilisation is a windowed average too: DCGM samples
-      over its collection interval), so x = (g - n / slots) / (1 - n / slots), n = B where the
-      page says B, else ours (all the rest then shows as background). Clamped to [0, 0.95].
-      When requests fill the GPU (n / slots >= 0.95, or requests wait in its queue), g says
-      nothing about x: keep the last.
+      reports g = x + (1 - x) n (utilisation is a windowed average too: DCGM samples over its
+      collection interval), so x = (g - n) / (1 - n). n = ours + o / slots: ours always our own
+      exact busy share over the scrape's window (Calls.busy_area), never the lumpy counter.
+      While requests fill the GPU (n >= 0.95, or requests wait in its queue), g says nothing
+      about x. Then the compute time per answer says it: per model, t now against the
+      intrinsic time I learned while x was known (I = t (1 - x), averaged), x = 1 - I / t.
+      That tells a slowed GPU even while it is saturated. Without a GPU signal, I is the
+      fastest t seen (the endpoint's own baseline, drifting up slowly). Below 15% it is noise.
 
     Where the page counts per model (Triton), B and the answers count only the `models` the
     endpoint declares: an ensemble's composing models would count each call again, and other
-    models' work is not in these slots (it shows in g as background).
+    models' work is not in these slots (it shows in g as background). A counter that goes back
+    (the server restarted) starts the window afresh.
 
-    o is smoothed over scrapes (half per scrape, `previous` being the last sample): compute-time
-    counters move when a request completes, so one long request lands in one window. s counts
-    answers over recent windows (both counts decay by 0.8 per scrape); herd_factors sums them
-    per pool.
+    herd_factors sums our share of the answers per pool (counts decayed by 0.8 per scrape).
     """
-    gpu_util, busy, done, now = sample.gpu_util, sample.busy, sample.completed, sample.at
     if models is None:
         models = frozenset(ref.name for ref in state.endpoint.models)
-    if previous is not None and models and now > previous.at:
-        declared = _declared(sample, previous, "requests", models)
-        if declared is not None:
-            done = declared
-        declared = _declared(sample, previous, "compute_us", models)
-        if declared is not None:
-            busy = declared / 1e6 / (now - previous.at)
-    if gpu_util is None and busy is None:
-        return
     if completed is None:
         completed = state.calls.completed
+    now, slots = sample.at, state.endpoint.slots
     area, at = state.scrape.busy_mark
-    area_now = state.calls.area_at(now, state.endpoint.slots)
-    b = (area_now - area) / (now - at) if now > at else 0.0
+    area_now = state.calls.area_at(now, slots)
+    ours = (area_now - area) / (now - at) if now > at else 0.0  # our busy share of the slots
     state.scrape.busy_mark = (area_now, now)
-    slots = state.endpoint.slots
+    marks = state.scrape.marks
+    mark = _mark(sample, models, area_now, completed)
+    if mark is not None:
+        if marks and (mark.answers < marks[-1].answers or mark.compute_s < marks[-1].compute_s):
+            marks.clear()  # the server restarted: its counters began again
+        marks.append(mark)
+    else:
+        marks.clear()
     last = state.scrape.shared
-    share, seen_ours, seen_all, others, x = 1.0, 0.0, 0.0, 0.0, 0.0
+    share, seen_ours, seen_all, x, herd = 1.0, 0.0, 0.0, 0.0, 0.0
     if last is not None:
-        share, seen_ours, seen_all, others, x = (
+        share, seen_ours, seen_all, x, herd = (
             last.share,
             last.seen_ours,
             last.seen_all,
-            last.others,
             last.background,
+            last.herd,
         )
-        if done is not None:
-            seen_ours = 0.8 * seen_ours + (completed - last.completed)
-            seen_all = 0.8 * seen_all + done
-            if seen_all >= 1.0:
-                share = min(1.0, seen_ours / seen_all)
-    n = b
+    if mark is not None and len(marks) >= 2:
+        seen_ours = 0.8 * seen_ours + (completed - marks[-2].ours)
+        seen_all = 0.8 * seen_all + (mark.answers - marks[-2].answers)
+    busy = sample.running
+    others = 0.0
+    first = marks[0] if marks else None
+    if mark is not None and first is not None and mark.answers > first.answers:
+        per_request = (mark.compute_s - first.compute_s) / (mark.answers - first.answers)
+        old = _since(marks, WINDOW_ANSWERS, WINDOW_SPAN * per_request)
+        if old is not None:
+            if mark.answers > old.answers:
+                share = min(1.0, (mark.ours - old.ours) / (mark.answers - old.answers))
+            if busy is None and mark.compute_s > first.compute_s:
+                busy = (mark.compute_s - old.compute_s) / (mark.at - old.at)
+    elif mark is None:
+        share = 1.0
     if busy is not None:
-        fresh = busy * (1.0 - share) if done is not None else max(0.0, busy - b * slots)
-        smooth = previous is not None and previous.busy is not None
-        others = 0.5 * (others + fresh) if smooth else fresh
-        n = min(1.0, busy / slots)
-    if sample.queue:  # requests wait: every slot is taken
-        n = 1.0
-    if gpu_util is not None and n < 0.95:
-        x = min(0.95, max(0.0, (gpu_util - n) / (1.0 - n)))
-    herd = last.herd if last is not None else 0.0
+        others = busy * (1.0 - share) if mark is not None else max(0.0, busy - ours * slots)
+    elif sample.gpu_util is None:
+        return
+    n = min(1.0, ours + others / slots)
+    full = n >= 0.95 or bool(sample.queue)
+    if sample.gpu_util is not None and not full:
+        x = min(0.95, max(0.0, (sample.gpu_util - n) / (1.0 - n)))
+    if mark is not None and len(marks) >= 2 and mark.answers > marks[-2].answers:
+        x = _compute_slowdown(state, marks, x, full or sample.gpu_util is None)
     state.scrape.shared = Shared(
         x, others, now, share, state.calls.in_flight, completed, seen_ours, seen_all, herd
     )
+
+
+def _compute_slowdown(state: EndpointState, marks: deque[Mark], x: float, blind: bool) -> float:
+    """x from the compute time per answer against the intrinsic time where utilisation is
+    `blind` (a full GPU, or none reported); else `x` stands and teaches the intrinsic time."""
+    old = _since(marks, RECENT_ANSWERS, 0.0)
+    if old is None:
+        return x
+    times = _compute_times(marks[-1], old)
+    intrinsic = state.scrape.intrinsic
+    if not blind:
+        for m, t in times.items():
+            base = intrinsic.get(m)
+            intrinsic[m] = t * (1.0 - x) if base is None else base + 0.2 * (t * (1.0 - x) - base)
+        return x
+    spent = known = 0.0
+    for m, t in times.items():
+        base = intrinsic.get(m)
+        if base is None or t < base:  # no utilisation signal: the fastest seen is the baseline
+            base = intrinsic[m] = t
+        elif state.scrape.load is not None and state.scrape.load.gpu_util is None:
+            intrinsic[m] = base + 0.002 * (t - base)  # drifts up: a lasting change becomes the norm
+        spent += t
+        known += base
+    if spent <= 0:
+        return x
+    slowdown = 1.0 - known / spent
+    return min(0.95, slowdown) if slowdown >= NOISE else 0.0
 
 
 def herd_factors(states: Iterable[EndpointState]) -> None:

@@ -201,11 +201,18 @@ class Scheduler:
 
     # -- what the request path and the load probe report ---------------------------------
     def scraped(self, state: EndpointState) -> None:
-        """The load probe took a fresh sample of `state`. Latency feedback fades (half per
-        scrape) unless completions renew it: an endpoint judged slow gets little traffic, so it
-        must not stay judged slow on old evidence."""
+        """The load probe took a fresh sample of `state`. Latency feedback fades with time, with a
+        half-life of 4 typical calls there (at least 2 s), unless completions renew it: an
+        endpoint judged slow gets little traffic, so it must not stay judged slow on old
+        evidence, and evidence that a 30 s call brought must not fade before the next one."""
         calls = state.calls
-        calls.slowdown = 1.0 + (calls.slowdown - 1.0) * 0.5
+        now = time.monotonic()
+        elapsed, calls.faded_at = now - calls.faded_at, now
+        if calls.slowdown == 1.0 or elapsed <= 0:
+            return
+        per_unit = max(calls.latency.values(), default=0.0)
+        half_life = max(2.0, 4.0 * per_unit * self.pool_units.get(state.endpoint.pool, 1.0))
+        calls.slowdown = 1.0 + (calls.slowdown - 1.0) * 0.5 ** (elapsed / half_life)
 
     def predicted_real_seconds(self, state: EndpointState, req: RequestInfo) -> float | None:
         """Predicted completion in seconds: predicted unit-time x the pool's observed seconds per
@@ -242,8 +249,10 @@ class Scheduler:
         Latency feedback: r = seconds / predicted is what one predicted unit-time really took
         here; r over the pool's (slow) EWMA of r, averaged per endpoint (`slowdown`, from 1), is
         the slowdown that the metrics do not explain (a GPU whose own work hides another
-        tenant's: utilisation is 100% either way). plugins.predicted_seconds divides the rate by
-        it outside a +-20% dead band; the probe fades it toward 1 every scrape."""
+        tenant's: utilisation is 100% either way). Each answer weighs by its units (a weight of
+        1 - 0.8^units: a light call moves it 20%, a call of 8 units 83%), so a few completions
+        are enough, and plugins.predicted_seconds divides the rate by it as it stands, with no
+        dead band. `scraped` fades it with time."""
         state.calls.account(time.monotonic(), state.endpoint.slots)
         state.calls.in_flight -= 1
         state.calls.units = max(0.0, state.calls.units - req.units)
@@ -263,7 +272,8 @@ class Scheduler:
                 ratio = r / base
                 base = self.pool_slowness[pool] = base + (0.05 if 0.8 < ratio < 1.25 else 0.005) * (r - base)
                 ratio = min(20.0, max(0.25, r / base))
-                state.calls.slowdown += a * (ratio - state.calls.slowdown)
+                weight = 1.0 - (1.0 - a) ** min(req.units, 20.0)
+                state.calls.slowdown += weight * (ratio - state.calls.slowdown)
         if ok:
             state.calls.completed += 1
             self.outliers.success(state)

@@ -72,10 +72,9 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
 
     rate = cap x (1 - x) / d                   (x: background, probe.split_load; d:
                                                 state.calls.slowdown, latency feedback for what the
-                                                metrics do not explain; 1 inside the dead band
-                                                0.8..1.25, and 1 while nothing of ours runs
-                                                there: idle, the GPU's utilisation shows its
-                                                background itself, and equal idle endpoints
+                                                metrics do not explain; 1 while nothing of ours
+                                                runs there: idle, the GPU's utilisation shows
+                                                its background itself, and equal idle endpoints
                                                 share the traffic)
     service = u / rate
     t = o + (a - a0) h + q'                    (other callers' requests there, running or queued:
@@ -121,7 +120,7 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     if ahead < 0:
         ahead = 0
     d = state.calls.slowdown
-    if a == 0 or 0.8 < d < 1.25:  # idle (the metrics speak for it), or within the noise
+    if a == 0:  # idle: the metrics speak for it
         d = 1.0
     rate = ep.capacity * (1.0 - x) / d
     service = req.units / rate
