@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 PROTO_DIR := protos
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 CONFIG ?=
-# Backend APIs vendored unchanged (TorchServe), compiled into the adapters package.
-VENDORED_PROTOS := $(shell find adapters -name '*.proto' | sort)
+# APIs vendored unchanged (TorchServe's, KEDA's external scaler), compiled where they are used.
+VENDORED_PROTOS := $(shell find adapters gateway -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 

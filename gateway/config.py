@@ -211,6 +211,25 @@ class DiscoveryConfig(_Strict):
         return self
 
 
+class AutoscalingConfig(_Strict):
+    """Per-pool autoscaling signals (gateway/observe/autoscale.py), as Prometheus gauges and
+    through KEDA's external scaler gRPC service on the gateway's port."""
+
+    keda: bool = True  # serve externalscaler.ExternalScaler (no authentication, like grpc.health)
+    # pool glob -> complexity units one backend replica should carry (in flight and queued);
+    # default: its slots x the pool's mean units per call (a replica with every slot busy).
+    target_units_per_replica: dict[str, float] = Field(default_factory=dict)
+    stream_interval_s: float = Field(default=1.0, gt=0)  # StreamIsActive checks this often
+
+    @field_validator("target_units_per_replica")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for pool, target in v.items():
+            if not target > 0:
+                raise ValueError(f"target_units_per_replica[{pool!r}] must be > 0")
+        return v
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
@@ -229,6 +248,7 @@ class Config(_Strict):
     prices: PricesConfig = PricesConfig()  # what calls cost (tokens, GPU-seconds, cache hits)
     budgets: BudgetsConfig = BudgetsConfig()  # spend caps per department, project, user, API key
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
+    autoscaling: AutoscalingConfig = AutoscalingConfig()  # per-pool signals, KEDA external scaler
 
     @model_validator(mode="after")
     def _redis_when_used(self) -> Config:

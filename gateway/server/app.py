@@ -16,20 +16,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from grpc_reflection.v1alpha._async import ReflectionServicer
-from meshgate.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    inference_pb2,
-    inference_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-)
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
-from tritonclient.grpc import service_pb2 as kserve_pb
-from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from adapters import REGISTRY
 from adapters.scrub import register_secret
@@ -40,7 +28,7 @@ from discovery.registration import ConsulRegistrar
 from ..config import Config, ConfigError, load_config
 from ..endpoints import EndpointState, EndpointTable, default_adapter_maker
 from ..endpoints.readiness import ReadinessChecker
-from ..load import LoadProbe, load_metric_names
+from ..observe.autoscale import Autoscaling
 from ..observe.metrics import Metrics
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage
@@ -48,14 +36,10 @@ from ..policy.admission.stage import AdmissionStage
 from ..policy.auth.authenticate import build_authentication
 from ..policy.auth.authorize import Rules
 from ..policy.auth.keys import KeyFileError
-from . import build, ports
+from . import build, ports, services
 from .background import supervise
 from .interceptors import FrontDoor
 from .reload import ReloadPlan, plan_reload, reload_logged
-from .servicers.admin import AdminServicer
-from .servicers.inference import InferenceServicer
-from .servicers.kserve import KServeServicer
-from .servicers.models import ModelsServicer
 from .tls import ReloadingCredentials
 
 log = logging.getLogger("meshgate")
@@ -106,20 +90,13 @@ class Gateway:
             on_eject=self._on_eject,
             stages=self._stages(config, self.rules),
         )
+        self.autoscaling = Autoscaling(
+            config.autoscaling, self.table.pools, self.director.scheduler, admission, self.metrics.registry
+        )
         self.door = FrontDoor(
             config.server, self.metrics, self.authentication, self.rules, config.auth.audit_log
         )
-        probe_cfg = config.routing.load_probe
-        self.probe = LoadProbe(
-            self.table.states,
-            interval_s=probe_cfg.interval_s,
-            jitter=probe_cfg.jitter,
-            timeout_s=probe_cfg.timeout_s,
-            max_concurrent=probe_cfg.max_concurrent,
-            metric_names=load_metric_names(probe_cfg.metric_names),
-            on_scrape=lambda url, ok: self.metrics.scrapes.labels("ok" if ok else "error").inc(),
-            on_sample=self.director.scheduler.scraped,
-        )
+        self.probe = build.probe(config, self.table.states, self.metrics, self.director.scheduler.scraped)
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
         self.consul: ConsulSource | None = None
         if config.discovery.consul is not None:
@@ -183,35 +160,8 @@ class Gateway:
             # Only `serve --workers`' own processes share the port (ports.py says why).
             ("grpc.so_reuseport", 1 if ports.is_worker() else 0),
         ]
-        ours = (
-            inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
-            models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
-            kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        )
         server = grpc.aio.server(options=options)
-        # Every call of ours goes through the front door; health and reflection get the body guard.
-        door = self.door
-        door.register(
-            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.director), server
-        )
-        door.register(models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.director), server)
-        door.register(
-            kserve_grpc.add_GRPCInferenceServiceServicer_to_server,
-            KServeServicer(self.director, self.any_ready, self.metrics.models, cfg.default_timeout_s),
-            server,
-        )
-        admin = AdminServicer(
-            self.table, self.director.scheduler, self._reload_everywhere, self._principals, self.shared
-        )
-        door.register(admin_pb2_grpc.add_AdminServicer_to_server, admin, server, admin=True)
-        door.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, server, front_door=False)
-        door.register(
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-            ReflectionServicer((*ours, health.SERVICE_NAME, reflection.SERVICE_NAME)),
-            server,
-            front_door=False,
-        )
+        services.register(self, server)
         self._bind(server, cfg.listen)
         self._serve_metrics()
         await self.health.set("", NOT_SERVING)
@@ -275,6 +225,7 @@ class Gateway:
             self._start_auth_loops()
         self.table.set_upstream_tls(build.upstream(cfg))
         self.shared.cache.resize(cfg.cache.max_bytes if cfg.cache is not None else 0)
+        self.autoscaling.config = cfg.autoscaling
         new_static = {snap.pool: snap for snap in cfg.static_snapshots()}
         for snap in self.config.static_snapshots():
             if snap.pool not in new_static:
@@ -285,14 +236,14 @@ class Gateway:
         self.config = cfg
         return plan
 
-    def _reload_everywhere(self) -> ReloadPlan:
+    def reload_everywhere(self) -> ReloadPlan:
         """reload(); under `serve --workers`, the parent then passes SIGHUP to every worker."""
         plan = self.reload()
         if ports.is_worker():
             os.kill(os.getppid(), signal.SIGHUP)
         return plan
 
-    def _principals(self) -> list[tuple[Any, ...]]:
+    def principals(self) -> list[tuple[Any, ...]]:
         """(principal, expires_at, revoked, last seen (monotonic) or None) for ListPrincipals."""
         seen = dict(self.door.seen)
         known = self.authentication.known() if self.authentication is not None else []

@@ -7,17 +7,19 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from adapters.scrub import register_secret
 from discovery import Endpoint
 
 from ..config import Config
+from ..endpoints import EndpointState
 from ..ledger.prices import Prices
 from ..ledger.records import LedgerStore, LedgerUnavailable
 from ..ledger.sqlite import SQLiteLedger
 from ..ledger.stage import LedgerStage, cost_counter
 from ..ledger.writer import LedgerWriter
+from ..load import LoadProbe, load_metric_names
 from ..observe.metrics import Metrics
 from ..pipeline.stages import Stage, build_stages
 from ..policy.admission.stage import AdmissionStage
@@ -180,3 +182,23 @@ def upstream(config: Config) -> dict[str, dict[str, str]]:
 
 def rules(config: Config) -> Rules | None:
     return Rules(config.auth) if config.auth.rules or config.auth.default == "deny" else None
+
+
+def probe(
+    config: Config,
+    states: Callable[[], Iterable[EndpointState]],
+    metrics: Metrics,
+    on_sample: Callable[[EndpointState], None],
+) -> LoadProbe:
+    """The load probe over the endpoint table, reporting each fresh sample to the scheduler."""
+    cfg = config.routing.load_probe
+    return LoadProbe(
+        states,
+        interval_s=cfg.interval_s,
+        jitter=cfg.jitter,
+        timeout_s=cfg.timeout_s,
+        max_concurrent=cfg.max_concurrent,
+        metric_names=load_metric_names(cfg.metric_names),
+        on_scrape=lambda url, ok: metrics.scrapes.labels("ok" if ok else "error").inc(),
+        on_sample=on_sample,
+    )

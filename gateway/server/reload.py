@@ -31,6 +31,7 @@ _RESTART_FIELDS = {
     "routing": ("load_probe", "gpu_capacity"),
     "rate_limits": ("store",),
     "budgets": ("store",),
+    "autoscaling": ("keda",),
 }
 
 

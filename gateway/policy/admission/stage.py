@@ -215,6 +215,10 @@ class AdmissionStage:
         self._capacity[pool] = (capacity, now)
         return capacity
 
+    def queue_of(self, pool: str) -> PoolQueue | None:
+        """The pool's admission queue; None before admission saw a call for it."""
+        return self._queues.get(pool)
+
     def pressure(self, model: str, version: str) -> float:
         """How loaded the pool serving `model` is: (calls running there + calls queued at its
         servers by other callers + calls waiting here) per usable endpoint slot; 0 when the model

@@ -30,6 +30,7 @@ from .scorers import (
     s_queue,
     s_region,
     s_weighted_inflight,
+    service_seconds,
 )
 
 FILTERS: Mapping[str, Filter] = {"ready": f_ready, "not_ejected": f_not_ejected, "region": f_region}
@@ -68,4 +69,5 @@ __all__ = [
     "fresh_load",
     "predicted_seconds",
     "s_price",
+    "service_seconds",
 ]

@@ -131,6 +131,13 @@ def predicted_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> f
     return service + ahead * mean_units / (rate * slots)
 
 
+def service_seconds(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
+    """The part of predicted_seconds that is running, not waiting: u / rate."""
+    x = background_util(state, ctx)
+    d = state.calls.slowdown if state.calls.in_flight else 1.0
+    return req.units * d / (state.endpoint.capacity * (1.0 - x))
+
+
 def s_predicted(state: EndpointState, req: RequestInfo, ctx: Context) -> float:
     """t0 / (t0 + t): t predicted completion (predicted_seconds), t0 = u (idle cap-1 time).
     1 for an instant answer, 0.5 when e is as good as an idle cap-1 GPU, -> 0 as t grows."""
