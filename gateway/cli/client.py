@@ -281,3 +281,20 @@ def infer(args: argparse.Namespace) -> int:
             f"  {t.name} {dtype} {list(t.shape)}: {v if isinstance(v, list) else np.array2string(v, threshold=50)}"
         )
     return 0
+
+
+def health(args: argparse.Namespace) -> int:
+    """`meshgate health`: 0 when the gateway (or --service, a pool) is SERVING, 1 otherwise."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with connect(args) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=min(args.timeout, 5.0)
+            )
+    except grpc.RpcError as err:
+        print(f"{args.target}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(f"{args.target} {args.service or '(gateway)'}: {status}")
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1

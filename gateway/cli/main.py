@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     from . import usage
 
     usage.add_arguments(sub)
+    h = sub.add_parser("health", help="grpc.health.v1 check: exit 0 when SERVING (container health checks)")
+    add_connection_arguments(h)
+    h.add_argument("--service", default="", help="a pool's name, or '' for the gateway as a whole")
     for name, help_ in (("models", "list the models the gateway serves"), ("infer", "run one inference")):
         q = sub.add_parser(name, help=help_)
         add_connection_arguments(q)
@@ -105,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import usage
 
             return usage.run(args) if args.command == "usage" else usage.budgets(args)
+        if args.command == "health":
+            return client.health(args)
         if args.command == "models":
             return client.model_endpoints(args) if args.model else client.models(args)
         if args.command == "infer":
