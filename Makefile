@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 PROTO_DIR := protos
 PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 CONFIG ?=
+# Optional dependency groups installed by `make venv` (the image builds with EXTRAS= : none).
+EXTRAS ?= dev
 # APIs vendored unchanged (TorchServe's, KEDA's external scaler), compiled where they are used.
 VENDORED_PROTOS := $(shell find adapters gateway -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
@@ -32,7 +34,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.$(if $(EXTRAS),[$(EXTRAS)],)'
 	@touch $@
 
 venv: $(BIN)/.installed

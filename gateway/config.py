@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -307,8 +308,32 @@ def format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_ENV_REF = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, source: str, env: dict[str, str]) -> str:
+    """`${NAME}` in the config text becomes the environment variable's value (a Kubernetes
+    Secret passed as env, say, so that no password sits in a ConfigMap); `$${NAME}` stays a
+    literal `${NAME}`; comment lines are left alone. ConfigError naming every variable that is
+    not set."""
+    lines = text.splitlines(keepends=True)
+    live = [i for i, line in enumerate(lines) if not line.lstrip().startswith("#") and "${" in line]
+    refs = [m for i in live for m in _ENV_REF.finditer(lines[i])]
+    missing = sorted({m.group(2) for m in refs if not m.group(1) and m.group(2) not in env})
+    if missing:
+        raise ConfigError(f"{source}: environment variable(s) not set: {', '.join(missing)}")
+    for i in live:
+        lines[i] = _ENV_REF.sub(
+            lambda m: "${" + m.group(2) + "}" if m.group(1) else env[m.group(2)], lines[i]
+        )
+    return "".join(lines)
+
+
 def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> Config:
-    """Parse and validate YAML text; `source` names it in errors."""
+    """Parse and validate YAML text (with ${NAME} from the environment); `source` names it in
+    errors."""
+    env = dict(os.environ) if env is None else env
+    text = expand_env(text, source, env)
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -320,7 +345,6 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    env = dict(os.environ) if env is None else env
     server = data.setdefault("server", {}) if isinstance(data.get("server", {}), dict) else None
     if server is not None and env.get(ENV_LISTEN):
         server["listen"] = env[ENV_LISTEN]

@@ -85,6 +85,17 @@ def test_environment_overrides_listen_addresses() -> None:
     assert "server.listen: expected 'host:port'" in _error("{}", {"MESHGATE_LISTEN": "bad"})
 
 
+def test_environment_variables_fill_secrets_into_the_config() -> None:
+    """A Kubernetes Secret passed as env: the password never sits in the ConfigMap."""
+    text = 'redis: {url: "${REDIS_URL}", prefix: "$${kept}:"}\nrate_limits: {store: redis, limits: []}'
+    config = parse_config(text, "gw.yaml", {"REDIS_URL": "redis://:s3cret@redis:6379/0"})
+    assert config.redis is not None and config.redis.url == "redis://:s3cret@redis:6379/0"
+    assert config.redis.prefix == "${kept}:"  # $$ escapes
+    with pytest.raises(ConfigError) as err:
+        parse_config('redis: {url: "${REDIS_URL}"}\nledger: {url: "${PG_URL}"}', "gw.yaml", {})
+    assert str(err.value) == "gw.yaml: environment variable(s) not set: PG_URL, REDIS_URL"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT, timeout=30

@@ -46,6 +46,9 @@ log = logging.getLogger("meshgate")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# SERVING while the process answers, whatever its backends do: for liveness probes (a gateway
+# whose pools are all down must not be restarted for it); "" and the pools are for readiness.
+LIVENESS = "meshgate.liveness"
 
 
 class Gateway:
@@ -165,6 +168,7 @@ class Gateway:
         self._bind(server, cfg.listen)
         self._serve_metrics()
         await self.health.set("", NOT_SERVING)
+        await self.health.set(LIVENESS, SERVING)
         self._health_state[""] = False
         for source in self.sources:
             self._background(f"discovery:{source.name}", functools.partial(self._follow, source))
