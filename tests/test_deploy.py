@@ -125,7 +125,15 @@ def test_liveness_stays_serving_while_readiness_says_no_pool_can_serve() -> None
     meshgate.liveness does not, so Kubernetes does not restart a healthy gateway for it."""
     dead = free_ports(1)[0]
     gw = Gateway(
-        {"pools": {"p": {"endpoints": [{"id": "x", "address": f"127.0.0.1:{dead}", "backend": "triton", "models": ["m"]}]}}}
+        {
+            "pools": {
+                "p": {
+                    "endpoints": [
+                        {"id": "x", "address": f"127.0.0.1:{dead}", "backend": "triton", "models": ["m"]}
+                    ]
+                }
+            }
+        }
     ).start()
     try:
         gw.wait_serving("", serving=False)

@@ -10,51 +10,37 @@ Per-endpoint gauges are read from the endpoint table at scrape time too.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from adapters.llm import Usage
 from discovery.consul import SourceStats
 
 from ..endpoints import EndpointState
+from .genai import GenAIMetrics
+from .hist import Histogram, histogram_family, observe
 from .model_stats import ModelStats
-
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class _Histogram:
-    """Bucket counts (not cumulative) and sum for one label set."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last slot: +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
         self.requests: dict[tuple[str, str], int] = {}
-        self.request_seconds: dict[tuple[str], _Histogram] = {}
+        self.request_seconds: dict[tuple[str], Histogram] = {}
         self.backend_requests: dict[tuple[str, str, str], int] = {}
-        self.backend_seconds: dict[tuple[str], _Histogram] = {}
+        self.backend_seconds: dict[tuple[str], Histogram] = {}
         self.token_counts: dict[tuple[str, str], int] = {}
         self.background_errors: dict[tuple[str], int] = {}
         self.undecodable: dict[tuple[str], int] = {}
         self.cache_results: dict[tuple[str], int] = {}
         self.models = ModelStats()  # per-model counts in Triton's shape (KServe ModelStatistics)
+        self.genai = GenAIMetrics(registry)  # time to first token, per output token, GenAI names
         self.retries = Counter(
             "meshgate_retries_total",
             "Calls retried on another endpoint, by pool.",
@@ -113,19 +99,13 @@ class Metrics:
         """A call answered by the gateway. Event loop thread only."""
         key = (method, code.name)
         self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.request_seconds.get((method,))
-        if hist is None:
-            hist = self.request_seconds[(method,)] = _Histogram()
-        hist.observe(seconds)
+        observe(self.request_seconds, (method,), seconds)
 
     def backend_done(self, pool: str, endpoint: str, code: grpc.StatusCode, seconds: float) -> None:
         """A call to a backend finished. Event loop thread only."""
         key = (pool, endpoint, code.name)
         self.backend_requests[key] = self.backend_requests.get(key, 0) + 1
-        hist = self.backend_seconds.get((pool,))
-        if hist is None:
-            hist = self.backend_seconds[(pool,)] = _Histogram()
-        hist.observe(seconds)
+        observe(self.backend_seconds, (pool,), seconds)
 
     def tokens(self, pool: str, usage: Usage) -> None:
         """Token usage of one LLM call (also partial usage of a broken stream)."""
@@ -162,18 +142,6 @@ def _counter_family(name: str, doc: str, labels: list[str], data: dict[Any, int]
     return family
 
 
-def _histogram_family(name: str, doc: str, labels: list[str], data: dict[tuple[str], _Histogram]) -> Metric:
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for key, hist in list(data.items()):
-        counts = list(hist.counts)
-        cumulative, buckets = 0, []
-        for bound, n in zip([*LATENCY_BUCKETS, float("inf")], counts, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-        family.add_metric(list(key), buckets, hist.sum)
-    return family
-
-
 class _CallCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
@@ -186,7 +154,7 @@ class _CallCollector(Collector):
             ["method", "code"],
             m.requests,
         )
-        yield _histogram_family(
+        yield histogram_family(
             "meshgate_request_duration_seconds",
             "Time from a call's arrival to its answer, by RPC method.",
             ["method"],
@@ -204,7 +172,7 @@ class _CallCollector(Collector):
             ["pool", "kind"],
             m.token_counts,
         )
-        yield _histogram_family(
+        yield histogram_family(
             "meshgate_backend_request_duration_seconds",
             "Backend call latency as seen by the gateway, by pool.",
             ["pool"],

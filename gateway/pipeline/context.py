@@ -53,6 +53,7 @@ class CallRecord:
         "charge",
         "delivered",
         "endpoint",
+        "first_at",
         "held",
         "model",
         "pool",
@@ -68,6 +69,7 @@ class CallRecord:
         self.endpoint = ""
         self.attempts = 0
         self.delivered = 0  # stream events handed to the caller
+        self.first_at = 0.0  # time.monotonic() when the first of them went out; 0: none yet
         self.bytes_in = -1  # request and response message sizes (the audit line; -1: not counted)
         self.bytes_out = -1
         # The tightest rate limit that applied: (policy, limit, remaining, seconds until full),

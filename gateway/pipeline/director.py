@@ -25,7 +25,6 @@ from adapters import (
     InferCall,
     InferResult,
     InferStreams,
-    LLMAdapter,
     ModelConfigs,
     ModelMetadata,
 )
@@ -42,7 +41,7 @@ from adapters.llm import (
 
 from ..config import Config
 from ..endpoints import EndpointState, EndpointTable
-from ..errors import GatewayError, echo
+from ..errors import GatewayError
 from ..observe.metrics import Metrics
 from ..routing.aliases import Alias, Policies, Target
 from ..routing.outlier import OutlierPolicy, RetryBudget
@@ -59,6 +58,7 @@ from .stages import (
     settle_all,
     watch_progress,
 )
+from .targets import llm_adapter, retarget
 
 log = logging.getLogger("meshgate.director")
 
@@ -154,7 +154,7 @@ class Director:
             call = call._replace(headers=self._headers(ctx))
 
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
-            return adapter.infer(_retarget(call, target), timeout)
+            return adapter.infer(retarget(call, target), timeout)
 
         async def replay(cached: InferResult, route: Route) -> InferResult:
             return cached.for_request(call.request_id)
@@ -174,7 +174,7 @@ class Director:
         pc = Call(ctx, "infer", call.model, call.version, call, stream=True)
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
-            retargeted = _retarget(call, target)
+            retargeted = retarget(call, target)
             if isinstance(adapter, InferStreams):
                 results = adapter.infer_stream(retargeted, timeout)
                 async with contextlib.aclosing(results):
@@ -216,7 +216,7 @@ class Director:
         def attempt(
             adapter: Adapter, timeout: float, target: Target, route: Route
         ) -> Awaitable[GenerateResult]:
-            return _llm(adapter, target.model).generate(call._replace(model=target.model), timeout)
+            return llm_adapter(adapter, target.model).generate(call._replace(model=target.model), timeout)
 
         return await self._run(Call(ctx, "generate", call.model, "", call), attempt, _result_usage, _as_is)
 
@@ -234,7 +234,9 @@ class Director:
         pc = Call(ctx, "generate", call.model, "", call, stream=True)
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> StreamEnd | None:
-            events = _llm(adapter, target.model).generate_stream(call._replace(model=target.model), timeout)
+            events = llm_adapter(adapter, target.model).generate_stream(
+                call._replace(model=target.model), timeout
+            )
             end: StreamEnd | None = None
             async with contextlib.aclosing(events):  # closes the upstream request on any exit
                 async for event in events:
@@ -260,7 +262,7 @@ class Director:
             call = call._replace(headers=self._headers(ctx))
 
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[EmbedResult]:
-            return _llm(adapter, target.model).embed(call._replace(model=target.model), timeout)
+            return llm_adapter(adapter, target.model).embed(call._replace(model=target.model), timeout)
 
         return await self._run(Call(ctx, "embed", call.model, "", call), attempt, _result_usage, _as_is)
 
@@ -322,6 +324,8 @@ class Director:
     ) -> None:
         """One stream message to the caller (and to the cache, when it keeps this stream)."""
         record = call.ctx.record
+        if not record.delivered:
+            record.first_at = time.monotonic()
         record.delivered += message.pieces if type(message) is TextDelta else 1
         if call.collect is not None:
             call.collect.append(message)
@@ -370,15 +374,9 @@ class Director:
             raise
         finally:
             if to_settle:
-                outcome = Outcome(code, record.usage, time.monotonic() - start, record.delivered)
+                first = record.first_at - start if record.first_at else None
+                outcome = Outcome(code, record.usage, time.monotonic() - start, record.delivered, first)
                 await settle_all(call, to_settle, outcome, self._metrics)
-
-
-def _retarget(call: InferCall, target: Target) -> InferCall:
-    """`call` for an alias's target (the caller's wire message names another model)."""
-    if (target.model, target.version) != (call.model, call.version):
-        return call._replace(model=target.model, version=target.version, wire=None)
-    return call
 
 
 async def _as_is(cached: T, route: Route) -> T:
@@ -387,13 +385,3 @@ async def _as_is(cached: T, route: Route) -> T:
 
 def _result_usage(result: GenerateResult | EmbedResult) -> Usage | None:
     return result.usage
-
-
-def _llm(adapter: Adapter, model: str) -> LLMAdapter:
-    if not isinstance(adapter, LLMAdapter):
-        raise BackendError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"model {echo(model)} is served by a tensor backend: use Infer, not Generate/Embed",
-            retryable=False,
-        )
-    return adapter

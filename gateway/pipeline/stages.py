@@ -98,6 +98,7 @@ class Outcome(NamedTuple):
     usage: Usage | None
     seconds: float
     events: int = 0
+    first_s: float | None = None  # streams: seconds from the start to the first message out
 
 
 def settled_usage(call: Call, outcome: Outcome) -> Usage | None:
@@ -223,7 +224,8 @@ class ComplexityStage:
 
 class UsageStage:
     """Token counts per pool (meshgate_tokens_total) from what each call used, broken streams
-    included (the tokens the caller did receive were produced and may be billed)."""
+    included (the tokens the caller did receive were produced and may be billed); for answered
+    LLM calls, time to first token and per output token (observe/genai.py)."""
 
     name = "usage"
 
@@ -234,8 +236,14 @@ class UsageStage:
         return None
 
     def settle(self, call: Call, ticket: Any, outcome: Outcome) -> None:
-        if outcome.usage is not None and call.ctx.record.pool:
-            self._metrics.tokens(call.ctx.record.pool, outcome.usage)
+        record = call.ctx.record
+        if outcome.usage is not None and record.pool:
+            self._metrics.tokens(record.pool, outcome.usage)
+        if outcome.code == grpc.StatusCode.OK and record.pool:
+            first = outcome.first_s if call.stream else None
+            self._metrics.genai.call_done(
+                call.kind, record.pool, record.model, outcome.seconds, first, outcome.usage
+            )
 
 
 class ModelStatsStage:

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from ...endpoints import EndpointState
 from ...errors import GatewayError
+from ...observe.hist import Histogram, histogram_family, observe
 from ...pipeline.context import Principal
 from ...pipeline.stages import Call, Outcome
 from .config import AdmissionConfig
@@ -63,6 +64,7 @@ class AdmissionStage:
         self._pools_for = pools_for
         self._pool_states = pool_states
         self._queues: dict[str, PoolQueue] = {}
+        self._waited: dict[tuple[str], Histogram] = {}  # pool -> seconds calls waited for a permit
         self._capacity: dict[str, tuple[float, float]] = {}  # pool -> (capacity, computed at)
         self._pressure: dict[str, tuple[float, float]] = {}  # pool -> (pressure, computed at)
         self._refusals = Counter(
@@ -74,7 +76,7 @@ class AdmissionStage:
             ["pool", "priority", "reason"],
             registry=registry,
         )
-        registry.register(_QueueCollector(self._queues))
+        registry.register(_QueueCollector(self._queues, self._waited))
         self.configure(AdmissionConfig())
 
     def configure(self, config: AdmissionConfig) -> None:
@@ -106,10 +108,14 @@ class AdmissionStage:
                 len(self._config.classes), lambda: self._cap(pool), self._weight, self._config.idle_credit
             )
         if queue.try_admit():
+            observe(self._waited, (pool,), 0.0)
             return Permit(queue, time.monotonic())
         if queue.capacity() <= 0:
             return None  # nothing usable: the attempt loop answers UNAVAILABLE at once
-        return await self._wait(call, pool, queue)
+        start = time.monotonic()
+        permit = await self._wait(call, pool, queue)
+        observe(self._waited, (pool,), permit.since - start)
+        return permit
 
     async def _wait(self, call: Call, pool: str, queue: PoolQueue) -> Permit:
         ctx = call.ctx
@@ -268,8 +274,9 @@ class AdmissionStage:
 
 
 class _QueueCollector(Collector):
-    def __init__(self, queues: dict[str, PoolQueue]) -> None:
+    def __init__(self, queues: dict[str, PoolQueue], waited: dict[tuple[str], Histogram]) -> None:
         self._queues = queues
+        self._waited = waited
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
@@ -292,3 +299,10 @@ class _QueueCollector(Collector):
         yield depth
         yield in_flight
         yield capacity
+        yield histogram_family(
+            "meshgate_admission_wait_seconds",
+            "Seconds admitted calls waited in the gateway's admission queue for a permit (0 when"
+            " the pool had room), by pool.",
+            ["pool"],
+            self._waited,
+        )

@@ -1,0 +1,101 @@
+"""Known LLM traffic through the real gateway, then its metrics page: time to first token, time
+per output token, tokens per call and request duration, under meshgate's names and the
+OpenTelemetry GenAI conventions' (counts and sums that match what was sent, not just presence),
+and the admission queue's wait histogram."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from meshgate.v1 import generate_pb2, inference_pb2_grpc
+
+from tests.helpers import add_sub_request, llm_pool
+from tests.openai_standin import OpenAIStandIn
+from tests.procs import Gateway, Triton
+
+STREAMS, UNARY = 3, 2
+FIRST_TOKEN_S, TOKEN_S = 0.2, 0.02
+WORDS = "one two three four five six seven"  # the stand-in answers "echo: " + these: 8 tokens
+
+
+def value(page: str, name: str, **labels: str) -> float:
+    """The sample `name{labels}` (labels in any order, all of them given)."""
+    for m in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", page, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if have == labels:
+            return float(m.group(2))
+    raise AssertionError(f"no {name}{labels} on the page")
+
+
+@pytest.fixture(scope="module")
+def page(triton_a: Triton) -> Iterator[str]:
+    llm = OpenAIStandIn()
+    llm.first_token_delay_s, llm.token_interval_s = FIRST_TOKEN_S, TOKEN_S
+    config = {
+        "pools": {
+            "llm": llm_pool(llm.base_url),
+            "tritons": {
+                "endpoints": [
+                    {"id": "t", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]}
+                ]
+            },
+        },
+        "admission": {"pools": ["tritons"]},
+    }
+    gw = Gateway(config).start()
+    try:
+        gw.wait_serving("llm")
+        gw.wait_serving("tritons")
+        msg = generate_pb2.ChatMessage(role="user", content=[generate_pb2.ContentPart(text=WORDS)])
+        chat = generate_pb2.GenerateRequest(model="echo", messages=[msg])
+        with grpc.insecure_channel(gw.address) as ch:
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            for _ in range(STREAMS):
+                list(stub.GenerateStream(chat, timeout=10))
+            for _ in range(UNARY):
+                stub.Generate(chat, timeout=10)
+            for _ in range(4):
+                stub.Infer(add_sub_request([1.0], [2.0]), timeout=10)
+        yield gw.metrics_text()
+    finally:
+        gw.stop()
+        llm.close()
+
+
+def test_time_to_first_token_and_per_output_token_count_every_stream(page: str) -> None:
+    pool = {"pool": "llm", "model": "echo"}
+    assert value(page, "meshgate_time_to_first_token_seconds_count", **pool) == STREAMS
+    ttft = value(page, "meshgate_time_to_first_token_seconds_sum", **pool) / STREAMS
+    assert FIRST_TOKEN_S <= ttft < FIRST_TOKEN_S + 0.5
+    # Under 200 ms nothing: the stand-in waits that long before the first word.
+    assert value(page, "meshgate_time_to_first_token_seconds_bucket", **pool, le="0.1") == 0
+    assert value(page, "meshgate_time_to_first_token_seconds_bucket", **pool, le="+Inf") == STREAMS
+    assert value(page, "meshgate_time_per_output_token_seconds_count", **pool) == STREAMS
+    tpot = value(page, "meshgate_time_per_output_token_seconds_sum", **pool) / STREAMS
+    assert TOKEN_S * 0.5 <= tpot < TOKEN_S + 0.05  # 8 words, 20 ms apart
+
+
+def test_the_genai_conventions_names_carry_the_same_counts(page: str) -> None:
+    chat = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "echo"}
+    assert value(page, "gen_ai_server_time_to_first_token_seconds_count", **chat) == STREAMS
+    assert value(page, "gen_ai_server_time_per_output_token_seconds_count", **chat) == STREAMS
+    assert value(page, "gen_ai_server_request_duration_seconds_count", **chat) == STREAMS + UNARY
+    out = {**chat, "gen_ai_token_type": "output"}
+    assert value(page, "gen_ai_client_token_usage_count", **out) == STREAMS + UNARY
+    assert value(page, "gen_ai_client_token_usage_sum", **out) == 8 * (STREAMS + UNARY)
+    prompt = {**chat, "gen_ai_token_type": "input"}
+    assert value(page, "gen_ai_client_token_usage_sum", **prompt) == 7 * (STREAMS + UNARY)
+    # Token buckets are powers of 4: 8 output tokens fall in le=16, not le=4.
+    assert value(page, "gen_ai_client_token_usage_bucket", **out, le="4.0") == 0
+    assert value(page, "gen_ai_client_token_usage_bucket", **out, le="16.0") == STREAMS + UNARY
+
+
+def test_admitted_calls_are_counted_with_their_wait(page: str) -> None:
+    assert value(page, "meshgate_admission_wait_seconds_count", pool="tritons") == 4
+    assert value(page, "meshgate_admission_wait_seconds_bucket", pool="tritons", le="0.001") == 4
+    # Inference-fit latency buckets: 1 ms to 120 s.
+    bounds = re.findall(r'meshgate_request_duration_seconds_bucket\{[^}]*le="([^"]+)"', page)
+    assert bounds[0] == "0.001" and "120.0" in bounds and bounds[-1] == "+Inf"
