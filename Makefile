@@ -28,7 +28,7 @@ help:
 	@echo "make bench-fairness one pool at 2x overload, 4 tenants: fair admission vs backend FIFO"
 	@echo "make bench-ledger   usage records/s into SQLite and PostgreSQL, and what append() costs the request path"
 	@echo "make bench-peers    the LLM path against LiteLLM and Portkey, one fake OpenAI backend, one run"
-	@echo "make bench-des      the policies at 1,000 backends x 3 replicas (simulation)"
+	@echo "make bench-des      the policies at 1,000 backends x 3 replicas, then across time scales (simulation)"
 	@echo "make bench-probe    the load probe's cost at 200 and 1,000 endpoints"
 
 $(BIN)/.installed: pyproject.toml
@@ -112,8 +112,10 @@ bench-probe: venv system-deps
 # The same policies at 1,000 backends x 3 gateway replicas, simulated (meshgate's scheduler code
 # on a simulated clock): herding on a stale shared snapshot, and decision cost at that size.
 bench-des: venv
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.des $(BENCH_ARGS)
 	$(BIN)/python -m bench.des --replicas 1,10 --policies weighted_least_request,predicted_best_of_k $(BENCH_ARGS)
+	$(BIN)/python -m bench.des_sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

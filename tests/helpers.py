@@ -67,6 +67,11 @@ def llm_pool(base_url: str, models: tuple[str, ...] = ("echo",)) -> dict[str, An
     }
 
 
+def triton_pool(address: str, models: list[str], id: str = "triton-a", **extra: Any) -> dict[str, Any]:
+    """A pool of one Triton endpoint (`extra`: slots, metrics_url, meta...)."""
+    return {"endpoints": [{"id": id, "address": address, "backend": "triton", "models": models, **extra}]}
+
+
 def api_key_auth(keys_file: Any) -> dict[str, Any]:
     """auth: API keys from a keys file."""
     return {"authenticators": ["api_key"], "api_keys": {"file": str(keys_file)}}

@@ -14,6 +14,7 @@ from meshgate.v1 import inference_pb2
 
 from gateway.server.keda_proto import externalscaler_pb2 as pb
 from gateway.server.keda_proto import externalscaler_pb2_grpc as pb_grpc
+from tests.helpers import triton_pool
 from tests.procs import Gateway, Triton, wait_until
 from tests.test_balance import _sleep_request
 
@@ -25,18 +26,13 @@ CALLS = 6
 def gw(triton_a: Triton) -> Iterator[Gateway]:
     config = {
         "pools": {
-            "slow": {
-                "endpoints": [
-                    {
-                        "id": "t1",
-                        "address": triton_a.address,
-                        "backend": "triton",
-                        "models": ["sleep"],
-                        "slots": 1,
-                        "metrics_url": f"http://127.0.0.1:{triton_a.metrics_port}/metrics",
-                    }
-                ]
-            }
+            "slow": triton_pool(
+                triton_a.address,
+                ["sleep"],
+                id="t1",
+                slots=1,
+                metrics_url=f"http://127.0.0.1:{triton_a.metrics_port}/metrics",
+            )
         },
         "routing": {"model_costs": {"sleep": COST}, "load_probe": {"interval_s": 0.2}},
         "autoscaling": {"target_units_per_replica": {"slow": 8}, "stream_interval_s": 0.1},

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from meshgate.v1 import generate_pb2, inference_pb2_grpc
 
-from tests.helpers import add_sub_request, llm_pool
+from tests.helpers import add_sub_request, llm_pool, triton_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import Gateway, Triton
 
@@ -37,11 +37,7 @@ def page(triton_a: Triton) -> Iterator[str]:
     config = {
         "pools": {
             "llm": llm_pool(llm.base_url),
-            "tritons": {
-                "endpoints": [
-                    {"id": "t", "address": triton_a.address, "backend": "triton", "models": ["add_sub"]}
-                ]
-            },
+            "tritons": triton_pool(triton_a.address, ["add_sub"], id="t"),
         },
         "admission": {"pools": ["tritons"]},
     }

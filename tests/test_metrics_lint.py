@@ -14,7 +14,7 @@ import grpc
 import pytest
 from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc
 
-from tests.helpers import add_sub_request, api_key_auth, llm_pool
+from tests.helpers import add_sub_request, api_key_auth, llm_pool, triton_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import Gateway, Triton, make_key
 
@@ -27,16 +27,7 @@ def test_the_metrics_page_passes_promtool(triton_a: Triton, tmp_path: Path) -> N
     llm = OpenAIStandIn()
     config = {
         "pools": {
-            "tritons": {
-                "endpoints": [
-                    {
-                        "id": "triton-a",
-                        "address": triton_a.address,
-                        "backend": "triton",
-                        "models": ["add_sub"],
-                    }
-                ]
-            },
+            "tritons": triton_pool(triton_a.address, ["add_sub"]),
             "llm": llm_pool(llm.base_url),
         },
         "auth": api_key_auth(keys_file),

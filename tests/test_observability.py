@@ -23,7 +23,7 @@ from meshgate.v1 import generate_pb2, inference_pb2, inference_pb2_grpc, tensor_
 
 from tests.consul_standin import ConsulStandIn
 from tests.dcgm_standin import DCGMStandIn
-from tests.helpers import add_sub_request, api_key_auth, llm_pool
+from tests.helpers import add_sub_request, api_key_auth, llm_pool, triton_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.procs import ROOT, Gateway, Triton, make_key, wait_until
 from tests.prometheus_server import PrometheusServer
@@ -113,18 +113,12 @@ def observed(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iter
     llm, dcgm, consul = OpenAIStandIn(), DCGMStandIn(util_percent=40), ConsulStandIn()
     config = {
         "pools": {
-            "tritons": {
-                "endpoints": [
-                    {
-                        "id": "triton-a",
-                        "address": triton_a.address,
-                        "backend": "triton",
-                        "models": ["add_sub", "fail"],
-                        "metrics_url": f"http://127.0.0.1:{triton_a.metrics_port}/metrics,{dcgm.url}",
-                        "meta": {"cost_per_hour": "3.6"},
-                    }
-                ]
-            },
+            "tritons": triton_pool(
+                triton_a.address,
+                ["add_sub", "fail"],
+                metrics_url=f"http://127.0.0.1:{triton_a.metrics_port}/metrics,{dcgm.url}",
+                meta={"cost_per_hour": "3.6"},
+            ),
             "llm": llm_pool(llm.base_url),
         },
         "discovery": {"consul": {"address": consul.address, "backoff_max_s": 1.0}},
