@@ -119,7 +119,13 @@ async def test_example_service_definitions_follow_the_conventions() -> None:
     from adapters import REGISTRY
 
     files = sorted((Path(__file__).parent.parent / "deploy" / "consul").glob("*.json"))
-    assert [f.name for f in files] == ["openai.json", "torchserve.json", "triton.json", "vllm.json"]
+    assert [f.name for f in files] == [
+        "demo-triton.json",  # the compose stack's (deploy/compose.yaml)
+        "openai.json",
+        "torchserve.json",
+        "triton.json",
+        "vllm.json",
+    ]
     for f in files:
         svc = {k.lower(): v for k, v in json.loads(f.read_text())["service"].items()}
         assert "inference" in svc["tags"]

@@ -150,3 +150,26 @@ def test_liveness_stays_serving_while_readiness_says_no_pool_can_serve() -> None
     down = subprocess.run([*cli], capture_output=True, text=True, cwd=ROOT)
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
     assert grpc.StatusCode.UNAVAILABLE.name in down.stderr
+
+
+def test_a_wheel_carries_every_package_and_its_data(tmp_path: Path) -> None:
+    """The image and any non-editable install get what the tree has: every package under
+    gateway/, adapters/, discovery/ and the generated meshgate stubs, with their data files."""
+    src = tmp_path / "src"  # a clean copy: a stale build/ in the tree would hide what is missing
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "bench")
+    shutil.copytree(ROOT, src, ignore=skip)
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "-w", str(tmp_path), "."], cwd=src, check=True, capture_output=True, timeout=300)
+    import zipfile
+
+    (wheel,) = tmp_path.glob("meshgate-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {
+        str(init.parent.relative_to(ROOT))
+        for top in ("gateway", "adapters", "discovery")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    packages |= {"meshgate", "meshgate/v1"}
+    assert {p for p in packages if f"{p}/__init__.py" not in names} == set()
+    for data in ("gateway/default.yaml", "gateway/load/metric_names.yaml", "meshgate/v1/inference.proto"):
+        assert data in names, data
