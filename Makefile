@@ -13,7 +13,7 @@ VENDORED_PROTOS := $(shell find adapters gateway -name '*.proto' | sort)
 # google/rpc/status.proto, imported by TorchServe's protos: shipped by googleapis-common-protos.
 GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
-.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-auth bench-discovery bench-stream bench-balance bench-fairness bench-ledger bench-peers bench-des bench-probe servers system-deps test-deps buf-lint clean
+.PHONY: help venv proto proto-check lint ruff mypy test run bench-overhead bench-auth bench-discovery bench-stream bench-balance bench-fairness bench-ledger bench-peers bench-des bench-dashboard bench-probe servers system-deps test-deps buf-lint clean
 
 help:
 	@echo "make run            start a local Triton with demo models and the gateway in front of it"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-peers    the LLM path against LiteLLM and Portkey, one fake OpenAI backend, one run"
 	@echo "make bench-des      the policies at 1,000 backends x 3 replicas, then across time scales (simulation)"
 	@echo "make bench-probe    the load probe's cost at 200 and 1,000 endpoints"
+	@echo "make bench-dashboard the Grafana dashboard's main panels from a real Prometheus run, as a PNG"
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -111,6 +112,11 @@ bench-probe: venv system-deps
 
 # The same policies at 1,000 backends x 3 gateway replicas, simulated (meshgate's scheduler code
 # on a simulated clock): herding on a stale shared snapshot, and decision cost at that size.
+# A real Prometheus scrapes a real gateway for 90 s; the dashboard's main panels -> PNG.
+bench-dashboard: venv test-deps servers
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.dashboard $(BENCH_ARGS)
+
 bench-des: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.des $(BENCH_ARGS)
