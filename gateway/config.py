@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,11 +72,21 @@ class MetricsConfig(_Strict):
     """Prometheus /metrics over HTTP; listen null turns it off."""
 
     listen: str | None = "127.0.0.1:8701"
+    # Per-principal labels on meshgate_principal_* (calls and cost): off by default, and only
+    # these bounded fields (never user or key: that is what the ledger is for).
+    principal_labels: list[Literal["project", "department"]] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
         return None if v is None else check_hostport(v)
+
+    @field_validator("principal_labels")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("principal_labels: each label once")
+        return v
 
 
 class LimitsConfig(_Strict):

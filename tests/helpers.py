@@ -16,8 +16,8 @@ def fp32(name: str, values: list[float], shape: list[int] | None = None) -> Any:
     return tensor_pb2.Tensor(name=name, datatype="DATA_TYPE_FP32", shape=shape or [len(values)], raw=raw)
 
 
-def add_sub_request(a: list[float], b: list[float], **kw: Any) -> Any:
-    return inference_pb2.InferRequest(model="add_sub", inputs=[fp32("INPUT0", a), fp32("INPUT1", b)], **kw)
+def add_sub_request(a: list[float], b: list[float], model: str = "add_sub", **kw: Any) -> Any:
+    return inference_pb2.InferRequest(model=model, inputs=[fp32("INPUT0", a), fp32("INPUT1", b)], **kw)
 
 
 def infer(channel: grpc.Channel, request: Any, timeout: float = 10, **kw: Any) -> Any:

@@ -302,7 +302,7 @@ class Gateway(Proc):
         config = dict(config)
         server = {"listen": f"127.0.0.1:{port}", "shutdown_grace_s": 5.0, **config.get("server", {})}
         config["server"] = server
-        config.setdefault("metrics", {"listen": f"127.0.0.1:{mport}"})
+        config["metrics"] = {"listen": f"127.0.0.1:{mport}", **config.get("metrics", {})}
         config.setdefault("readiness", {"interval_s": 0.3, "timeout_s": 0.5})
         self.config = config
         self.address = server["listen"]

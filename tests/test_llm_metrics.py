@@ -12,9 +12,9 @@ import grpc
 import pytest
 from meshgate.v1 import generate_pb2, inference_pb2_grpc
 
-from tests.helpers import add_sub_request, llm_pool, triton_pool
+from tests.helpers import add_sub_request, api_key_auth, llm_pool, triton_pool
 from tests.openai_standin import OpenAIStandIn
-from tests.procs import Gateway, Triton
+from tests.procs import Gateway, Triton, make_key
 
 STREAMS, UNARY = 3, 2
 FIRST_TOKEN_S, TOKEN_S = 0.2, 0.02
@@ -31,7 +31,10 @@ def value(page: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def page(triton_a: Triton) -> Iterator[str]:
+def page(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("llm-metrics")
+    keys = tmp / "keys.yaml"
+    key = make_key(keys, "--user", "bob", "--project", "ads", "--department", "eng")
     llm = OpenAIStandIn()
     llm.first_token_delay_s, llm.token_interval_s = FIRST_TOKEN_S, TOKEN_S
     config = {
@@ -40,6 +43,10 @@ def page(triton_a: Triton) -> Iterator[str]:
             "tritons": triton_pool(triton_a.address, ["add_sub"], id="t"),
         },
         "admission": {"pools": ["tritons"]},
+        "auth": api_key_auth(keys),
+        "metrics": {"principal_labels": ["project", "department"]},
+        "prices": {"models": {"echo": {"in_per_1k": 1.0, "out_per_1k": 2.0}}},
+        "ledger": {"path": str(tmp / "usage.db")},
     }
     gw = Gateway(config).start()
     try:
@@ -47,14 +54,17 @@ def page(triton_a: Triton) -> Iterator[str]:
         gw.wait_serving("tritons")
         msg = generate_pb2.ChatMessage(role="user", content=[generate_pb2.ContentPart(text=WORDS)])
         chat = generate_pb2.GenerateRequest(model="echo", messages=[msg])
+        md = (("authorization", f"Bearer {key}"),)
         with grpc.insecure_channel(gw.address) as ch:
             stub = inference_pb2_grpc.InferenceStub(ch)
             for _ in range(STREAMS):
-                list(stub.GenerateStream(chat, timeout=10))
+                list(stub.GenerateStream(chat, timeout=10, metadata=md))
             for _ in range(UNARY):
-                stub.Generate(chat, timeout=10)
+                stub.Generate(chat, timeout=10, metadata=md)
             for _ in range(4):
-                stub.Infer(add_sub_request([1.0], [2.0]), timeout=10)
+                stub.Infer(add_sub_request([1.0], [2.0]), timeout=10, metadata=md)
+            with pytest.raises(grpc.RpcError):
+                stub.Infer(add_sub_request([1.0], [2.0], model="nope"), timeout=10, metadata=md)
         yield gw.metrics_text()
     finally:
         gw.stop()
@@ -95,3 +105,24 @@ def test_admitted_calls_are_counted_with_their_wait(page: str) -> None:
     # Inference-fit latency buckets: 1 ms to 120 s.
     bounds = re.findall(r'meshgate_request_duration_seconds_bucket\{[^}]*le="([^"]+)"', page)
     assert bounds[0] == "0.001" and "120.0" in bounds and bounds[-1] == "+Inf"
+
+
+def test_calls_by_service_method_model_pool_and_code(page: str) -> None:
+    inference = {"service": "meshgate.v1.Inference", "model": "echo", "pool": "llm", "code": "OK"}
+    assert value(page, "meshgate_model_requests_total", **inference, method="GenerateStream") == STREAMS
+    assert value(page, "meshgate_model_requests_total", **inference, method="Generate") == UNARY
+    tensor = {"service": "meshgate.v1.Inference", "method": "Infer", "model": "add_sub", "pool": "tritons"}
+    assert value(page, "meshgate_model_requests_total", **tensor, code="OK") == 4
+    unknown = {"service": "meshgate.v1.Inference", "method": "Infer", "model": "nope", "pool": ""}
+    assert value(page, "meshgate_model_requests_total", **unknown, code="NOT_FOUND") == 1
+
+
+def test_per_project_labels_count_calls_and_cost_when_enabled(page: str) -> None:
+    who = {"project": "ads", "department": "eng"}
+    assert value(page, "meshgate_principal_requests_total", **who, code="OK") == STREAMS + UNARY + 4
+    assert value(page, "meshgate_principal_requests_total", **who, code="NOT_FOUND") == 1
+    # 5 chat calls of 7 prompt and 8 output tokens at 1 and 2 per 1k tokens.
+    assert value(page, "meshgate_principal_cost_total", **who) == pytest.approx(
+        5 * (7 * 1.0 + 8 * 2.0) / 1000
+    )
+    assert 'user="' not in page.split("meshgate_principal")[1]  # never per user

@@ -127,6 +127,7 @@ def observed(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "aliases": {"add_sub_limited": {"split": [{"model": "add_sub"}]}},
         },
         "auth": api_key_auth(keys_file),
+        "metrics": {"principal_labels": ["project", "department"]},
         "rate_limits": {
             "limits": [
                 {"name": "per-user", "key": ["user"], "requests_per_s": 1000},

@@ -27,9 +27,19 @@ from .genai import GenAIMetrics
 from .hist import Histogram, histogram_family, observe
 from .model_stats import ModelStats
 
+# The gRPC service of each RPC the pipeline serves (meshgate_model_requests_total's `service`).
+SERVICES = {
+    **dict.fromkeys(("Infer", "InferStream", "Generate", "GenerateStream", "Embed"), "meshgate.v1.Inference"),
+    **dict.fromkeys(
+        ("ModelInfer", "ModelStreamInfer", "ModelConfig", "ModelMetadata"), "inference.GRPCInferenceService"
+    ),
+}
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self, registry: CollectorRegistry = REGISTRY, principal_labels: tuple[str, ...] = ()
+    ) -> None:
         self.registry = registry
         self.requests: dict[tuple[str, str], int] = {}
         self.request_seconds: dict[tuple[str], Histogram] = {}
@@ -39,6 +49,10 @@ class Metrics:
         self.background_errors: dict[tuple[str], int] = {}
         self.undecodable: dict[tuple[str], int] = {}
         self.cache_results: dict[tuple[str], int] = {}
+        self.model_calls: dict[tuple[str, str, str, str, str], int] = {}  # service, method, model, pool, code
+        self.principal_labels = principal_labels  # metrics.principal_labels (restart-only)
+        self.principal_calls: dict[tuple[str, ...], int] = {}  # (label values..., code)
+        self.principal_cost: dict[tuple[str, ...], float] = {}
         self.models = ModelStats()  # per-model counts in Triton's shape (KServe ModelStatistics)
         self.genai = GenAIMetrics(registry)  # time to first token, per output token, GenAI names
         self.retries = Counter(
@@ -107,6 +121,20 @@ class Metrics:
         self.backend_requests[key] = self.backend_requests.get(key, 0) + 1
         observe(self.backend_seconds, (pool,), seconds)
 
+    def call_done(
+        self, method: str, model: str, pool: str, code: grpc.StatusCode, principal: Any, cost: float
+    ) -> None:
+        """A call through the pipeline ended (answered, refused, failed): by service, method,
+        model and pool, and, where metrics.principal_labels says, by project / department."""
+        key = (SERVICES.get(method, ""), method, model, pool, code.name)
+        self.model_calls[key] = self.model_calls.get(key, 0) + 1
+        if self.principal_labels:
+            who = tuple(getattr(principal, f) for f in self.principal_labels)
+            pkey = (*who, code.name)
+            self.principal_calls[pkey] = self.principal_calls.get(pkey, 0) + 1
+            if cost:
+                self.principal_cost[who] = self.principal_cost.get(who, 0.0) + cost
+
     def tokens(self, pool: str, usage: Usage) -> None:
         """Token usage of one LLM call (also partial usage of a broken stream)."""
         for kind, n in (
@@ -154,6 +182,32 @@ class _CallCollector(Collector):
             ["method", "code"],
             m.requests,
         )
+        yield _counter_family(
+            "meshgate_model_requests",
+            "Calls through the request pipeline (answered, refused or failed), by gRPC service, RPC"
+            " method, the model the caller named, the pool that answered ('' if none) and code.",
+            ["service", "method", "model", "pool", "code"],
+            m.model_calls,
+        )
+        if m.principal_labels:
+            yield _counter_family(
+                "meshgate_principal_requests",
+                "Calls through the request pipeline by the caller's "
+                + " and ".join(m.principal_labels)
+                + " (metrics.principal_labels) and code.",
+                [*m.principal_labels, "code"],
+                m.principal_calls,
+            )
+            cost = CounterMetricFamily(
+                "meshgate_principal_cost",
+                "What calls cost (the prices config), by the caller's "
+                + " and ".join(m.principal_labels)
+                + ".",
+                labels=list(m.principal_labels),
+            )
+            for key, value in list(m.principal_cost.items()):
+                cost.add_metric(list(key), value)
+            yield cost
         yield histogram_family(
             "meshgate_request_duration_seconds",
             "Time from a call's arrival to its answer, by RPC method.",

@@ -377,6 +377,10 @@ class Director:
                 first = record.first_at - start if record.first_at else None
                 outcome = Outcome(code, record.usage, time.monotonic() - start, record.delivered, first)
                 await settle_all(call, to_settle, outcome, self._metrics)
+            cost = record.charge.cost if record.charge is not None else 0.0  # priced by the ledger or budgets
+            self._metrics.call_done(
+                call.ctx.method, record.requested, record.pool, code, call.ctx.principal, cost
+            )
 
 
 async def _as_is(cached: T, route: Route) -> T:

@@ -66,7 +66,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.config_path = config_path  # re-read by reload(); None: the embedded default
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), tuple(config.metrics.principal_labels))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_state: dict[str, bool] = {}
         self.authentication = build_authentication(config.auth)
