@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +33,9 @@ from .server.tls import TLSConfig
 ENV_LISTEN = "MESHGATE_LISTEN"
 ENV_METRICS_LISTEN = "MESHGATE_METRICS_LISTEN"
 DEFAULT_CONFIG_NAME = "<embedded default>"
+
+
+Positive = Annotated[float, Field(gt=0)]  # a map's value that must be > 0 (the error names its key)
 
 
 class ConfigError(Exception):
@@ -104,19 +107,13 @@ class ReadinessConfig(_Strict):
     timeout_s: float = Field(default=1.0, gt=0)
     # Slower checks per backend kind: external APIs rate-limit (and some bill) their model list,
     # and a failing call still triggers an immediate check. Kinds not listed use interval_s.
-    interval_by_backend: dict[str, float] = Field(default_factory=lambda: {"openai": 15.0, "anthropic": 15.0})
+    interval_by_backend: dict[str, Positive] = Field(
+        default_factory=lambda: {"openai": 15.0, "anthropic": 15.0}
+    )
     # Endpoints from a source that health-checks them (Consul lists only passing instances and
     # drops failing ones within its blocking query) are checked this often while every model is
     # ready; still at once when new or after a failed call, and at interval_s while not ready.
     health_checked_interval_s: float = Field(default=10.0, gt=0)
-
-    @field_validator("interval_by_backend")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        for kind, seconds in v.items():
-            if not seconds > 0:
-                raise ValueError(f"{kind}: interval must be > 0")
-        return v
 
 
 class LoadProbeConfig(_Strict):
@@ -229,16 +226,8 @@ class AutoscalingConfig(_Strict):
     keda: bool = True  # serve externalscaler.ExternalScaler (no authentication, like grpc.health)
     # pool glob -> complexity units one backend replica should carry (in flight and queued);
     # default: its slots x the pool's mean units per call (a replica with every slot busy).
-    target_units_per_replica: dict[str, float] = Field(default_factory=dict)
+    target_units_per_replica: dict[str, Positive] = Field(default_factory=dict)
     stream_interval_s: float = Field(default=1.0, gt=0)  # StreamIsActive checks this often
-
-    @field_validator("target_units_per_replica")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        for pool, target in v.items():
-            if not target > 0:
-                raise ValueError(f"target_units_per_replica[{pool!r}] must be > 0")
-        return v
 
 
 class Config(_Strict):

@@ -36,6 +36,42 @@ SERVICES = {
 }
 
 
+class ByPrincipal:
+    """Calls and cost by the caller's project and/or department (metrics.principal_labels),
+    off when `labels` is empty: per-principal series only where an operator asks for them."""
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.calls: dict[tuple[str, ...], int] = {}  # (label values..., code)
+        self.cost: dict[tuple[str, ...], float] = {}
+
+    def add(self, principal: Any, code: grpc.StatusCode, cost: float) -> None:
+        who = tuple(getattr(principal, f) for f in self.labels)
+        key = (*who, code.name)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if cost:
+            self.cost[who] = self.cost.get(who, 0.0) + cost
+
+    def families(self) -> Iterator[Metric]:
+        if not self.labels:
+            return
+        by = " and ".join(self.labels)
+        yield _counter_family(
+            "meshgate_principal_requests",
+            f"Calls through the request pipeline by the caller's {by} (metrics.principal_labels) and code.",
+            [*self.labels, "code"],
+            self.calls,
+        )
+        cost = CounterMetricFamily(
+            "meshgate_principal_cost",
+            f"What calls cost (the prices config), by the caller's {by}.",
+            labels=list(self.labels),
+        )
+        for key, value in list(self.cost.items()):
+            cost.add_metric(list(key), value)
+        yield cost
+
+
 class Metrics:
     def __init__(
         self, registry: CollectorRegistry = REGISTRY, principal_labels: tuple[str, ...] = ()
@@ -50,9 +86,7 @@ class Metrics:
         self.undecodable: dict[tuple[str], int] = {}
         self.cache_results: dict[tuple[str], int] = {}
         self.model_calls: dict[tuple[str, str, str, str, str], int] = {}  # service, method, model, pool, code
-        self.principal_labels = principal_labels  # metrics.principal_labels (restart-only)
-        self.principal_calls: dict[tuple[str, ...], int] = {}  # (label values..., code)
-        self.principal_cost: dict[tuple[str, ...], float] = {}
+        self.principals = ByPrincipal(principal_labels)  # metrics.principal_labels (restart-only)
         self.models = ModelStats()  # per-model counts in Triton's shape (KServe ModelStatistics)
         self.genai = GenAIMetrics(registry)  # time to first token, per output token, GenAI names
         self.retries = Counter(
@@ -128,12 +162,8 @@ class Metrics:
         model and pool, and, where metrics.principal_labels says, by project / department."""
         key = (SERVICES.get(method, ""), method, model, pool, code.name)
         self.model_calls[key] = self.model_calls.get(key, 0) + 1
-        if self.principal_labels:
-            who = tuple(getattr(principal, f) for f in self.principal_labels)
-            pkey = (*who, code.name)
-            self.principal_calls[pkey] = self.principal_calls.get(pkey, 0) + 1
-            if cost:
-                self.principal_cost[who] = self.principal_cost.get(who, 0.0) + cost
+        if self.principals.labels:
+            self.principals.add(principal, code, cost)
 
     def tokens(self, pool: str, usage: Usage) -> None:
         """Token usage of one LLM call (also partial usage of a broken stream)."""
@@ -189,25 +219,7 @@ class _CallCollector(Collector):
             ["service", "method", "model", "pool", "code"],
             m.model_calls,
         )
-        if m.principal_labels:
-            yield _counter_family(
-                "meshgate_principal_requests",
-                "Calls through the request pipeline by the caller's "
-                + " and ".join(m.principal_labels)
-                + " (metrics.principal_labels) and code.",
-                [*m.principal_labels, "code"],
-                m.principal_calls,
-            )
-            cost = CounterMetricFamily(
-                "meshgate_principal_cost",
-                "What calls cost (the prices config), by the caller's "
-                + " and ".join(m.principal_labels)
-                + ".",
-                labels=list(m.principal_labels),
-            )
-            for key, value in list(m.principal_cost.items()):
-                cost.add_metric(list(key), value)
-            yield cost
+        yield from m.principals.families()
         yield histogram_family(
             "meshgate_request_duration_seconds",
             "Time from a call's arrival to its answer, by RPC method.",
