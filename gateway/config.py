@@ -239,6 +239,7 @@ class Config(_Strict):
     routing: RoutingConfig = RoutingConfig()
     auth: AuthConfig = AuthConfig()
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with request and trace ids
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     cache: CacheConfig | None = None  # the response cache; off when absent

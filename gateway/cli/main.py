@@ -24,6 +24,7 @@ from typing import Any
 from adapters.scrub import ScrubFilter
 
 from ..config import ConfigError, load_config
+from ..observe.logs import formatter
 from ..policy.auth.keys import KeyFileError
 from ..server import ports
 
@@ -137,11 +138,10 @@ def _serve(path: str | None, workers: int) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=config.log_level, stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # configured secrets never reach a log line
         handler.addFilter(ScrubFilter(skip=("meshgate.access",)))
+        handler.setFormatter(formatter(config.log_format))
     if workers > 1:
         return _serve_workers(path, workers)
     from ..server.app import serve

@@ -124,6 +124,11 @@ def current() -> RequestContext:
     return _current.get()
 
 
+def current_or_none() -> RequestContext | None:
+    """The context of the call being handled, or None outside a call (logging asks)."""
+    return _current.get(None)
+
+
 def bind(ctx: RequestContext) -> Any:
     """Make `ctx` the current call's context; returns the token for `unbind`."""
     return _current.set(ctx)

@@ -44,6 +44,7 @@ import grpc
 
 from ..config import ServerConfig
 from ..errors import GatewayError, abort
+from ..observe.logs import call_fields
 from ..observe.metrics import Metrics
 from ..pipeline.context import ANONYMOUS, CallRecord, Principal, RequestContext, bind, unbind
 from ..policy.audit import audit_line
@@ -282,7 +283,7 @@ class FrontDoor:
         seconds = time.monotonic() - start
         self._metrics.request_done(ctx.method, code, seconds)
         if self._audit and audit.isEnabledFor(logging.INFO):
-            audit.info(audit_line(ctx, code, seconds))
+            audit.info(audit_line(ctx, code, seconds), extra=call_fields(ctx))
         if self._access_log and access.isEnabledFor(logging.INFO):
             r = ctx.record
             access.info(
@@ -297,6 +298,7 @@ class FrontDoor:
                 r.pool or "-",
                 r.endpoint or "-",
                 r.attempts,
+                extra=call_fields(ctx),  # written after the call's context is gone (observe/logs.py)
             )
 
 

@@ -1,0 +1,65 @@
+"""Log output: one line of text (the default), or one JSON object per line (`log_format: json`)
+for log pipelines, each carrying the call's request id and W3C trace id where there is a call:
+the access log passes them along (it is written after the call's context is gone), every other
+line made while a call is handled takes them from the call's context."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+
+from ..pipeline.context import RequestContext, current_or_none
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def trace_id(traceparent: str) -> str:
+    """The trace id of a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>); "" when malformed."""
+    parts = traceparent.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        try:
+            int(parts[1], 16)
+        except ValueError:
+            return ""
+        return parts[1]
+    return ""
+
+
+def call_fields(ctx: RequestContext) -> dict[str, str]:
+    """`extra=` for a log line about `ctx` made outside its context (the access log)."""
+    return {"request_id": ctx.request_id, "trace_id": trace_id(ctx.traceparent)}
+
+
+class JsonFormatter(logging.Formatter):
+    """{"ts", "level", "logger", "message", "request_id", "trace_id", "exception"}: keys with
+    nothing to say are left out."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, str] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        trace = getattr(record, "trace_id", None)
+        if request_id is None:
+            ctx = current_or_none()
+            if ctx is not None:
+                request_id, trace = ctx.request_id, trace_id(ctx.traceparent)
+        if request_id:
+            doc["request_id"] = request_id
+        if trace:
+            doc["trace_id"] = trace
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        elif record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def formatter(kind: str) -> logging.Formatter:
+    return JsonFormatter() if kind == "json" else logging.Formatter(TEXT_FORMAT)
