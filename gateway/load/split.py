@@ -23,7 +23,6 @@ class Mark(NamedTuple):
     answers: float
     compute_s: float
     per_model: Mapping[str, tuple[float, float]]  # model -> (answers, compute seconds)
-    area: float  # Calls.busy_area: our busy share of the slots, integrated
     ours: int  # our answered calls
 
 
@@ -37,14 +36,14 @@ def observe(
 
     When more than one endpoint state shares the page (one Triton serving two pools),
     `completed` is our answered calls to all of them and `models` all the models they declare."""
-    previous, state.scrape.load = state.scrape.load, sample
+    state.scrape.load = sample
     # What of the scraped queue was ours: the scheduler counts ours exactly, and only the rest
     # (other replicas', other clients') is news; a stale total would double-count ours.
     state.scrape.queued_at_scrape = max(0, state.calls.in_flight - state.endpoint.slots)
-    split_load(state, sample, previous, completed, models)
+    split_load(state, sample, completed, models)
 
 
-def _mark(sample: LoadSample, models: frozenset[str], area: float, ours: int) -> Mark | None:
+def _mark(sample: LoadSample, models: frozenset[str], ours: int) -> Mark | None:
     """The page's request and compute-time counters over `models` (where it counts per model),
     else its totals; None without a request counter."""
     counters = sample.counters
@@ -60,7 +59,7 @@ def _mark(sample: LoadSample, models: frozenset[str], area: float, ours: int) ->
         answers, compute = counters[("requests", "")], counters.get(("compute_us", ""), 0.0) / 1e6
     else:
         return None
-    return Mark(sample.at, answers, compute, per_model, area, ours)
+    return Mark(sample.at, answers, compute, per_model, ours)
 
 
 def _since(marks: deque[Mark], answers: float, span: float) -> Mark | None:
@@ -89,7 +88,6 @@ def _compute_times(last: Mark, old: Mark) -> dict[str, float]:
 def split_load(
     state: EndpointState,
     sample: LoadSample,
-    previous: LoadSample | None = None,
     completed: int | None = None,
     models: frozenset[str] | None = None,
 ) -> None:
@@ -133,7 +131,7 @@ def split_load(
     ours = (area_now - area) / (now - at) if now > at else 0.0  # our busy share of the slots
     state.scrape.busy_mark = (area_now, now)
     marks = state.scrape.marks
-    mark = _mark(sample, models, area_now, completed)
+    mark = _mark(sample, models, completed)
     if mark is not None:
         if marks and (mark.answers < marks[-1].answers or mark.compute_s < marks[-1].compute_s):
             marks.clear()  # the server restarted: its counters began again
@@ -175,21 +173,22 @@ def split_load(
     if sample.gpu_util is not None and not full:
         x = min(0.95, max(0.0, (sample.gpu_util - n) / (1.0 - n)))
     if mark is not None and len(marks) >= 2 and mark.answers > marks[-2].answers:
-        x = _compute_slowdown(state, marks, x, full or sample.gpu_util is None)
+        x = _compute_slowdown(state, marks, x, full, sample.gpu_util is None)
     state.scrape.shared = Shared(
         x, others, now, share, state.calls.in_flight, completed, seen_ours, seen_all, herd
     )
 
 
-def _compute_slowdown(state: EndpointState, marks: deque[Mark], x: float, blind: bool) -> float:
-    """x from the compute time per answer against the intrinsic time where utilisation is
-    `blind` (a full GPU, or none reported); else `x` stands and teaches the intrinsic time."""
+def _compute_slowdown(state: EndpointState, marks: deque[Mark], x: float, full: bool, no_gpu: bool) -> float:
+    """x from the compute time per answer against the intrinsic time where utilisation cannot
+    say (a `full` GPU, or `no_gpu` signal on the page); else `x` stands and teaches the intrinsic
+    time."""
     old = _since(marks, RECENT_ANSWERS, 0.0)
     if old is None:
         return x
     times = _compute_times(marks[-1], old)
     intrinsic = state.scrape.intrinsic
-    if not blind:
+    if not (full or no_gpu):
         for m, t in times.items():
             base = intrinsic.get(m)
             intrinsic[m] = t * (1.0 - x) if base is None else base + 0.2 * (t * (1.0 - x) - base)
@@ -199,7 +198,7 @@ def _compute_slowdown(state: EndpointState, marks: deque[Mark], x: float, blind:
         base = intrinsic.get(m)
         if base is None or t < base:  # no utilisation signal: the fastest seen is the baseline
             base = intrinsic[m] = t
-        elif state.scrape.load is not None and state.scrape.load.gpu_util is None:
+        elif no_gpu:
             intrinsic[m] = base + 0.002 * (t - base)  # drifts up: a lasting change becomes the norm
         spent += t
         known += base

@@ -69,8 +69,14 @@ class Autoscaling:
     def signals(self, pool: str) -> PoolSignals | None:
         """The pool's signals now; None for a pool no source lists."""
         states = self._pools().get(pool)
-        if states is None:
-            return None
+        return None if states is None else self.signals_of(pool, states)
+
+    def all_signals(self) -> Iterator[tuple[str, PoolSignals]]:
+        """Every pool's signals, from one read of the endpoint table (the metrics scrape)."""
+        for pool, states in sorted(self._pools().items()):
+            yield pool, self.signals_of(pool, states)
+
+    def signals_of(self, pool: str, states: list[EndpointState]) -> PoolSignals:
         now = time.monotonic()
         sched = self._scheduler
         ctx = Context(now, sched.max_age_s, sched.pool_units.get(pool, 0.0))
@@ -100,16 +106,18 @@ class Autoscaling:
             admitted_wait = queue.waiting * queue.hold_s / max(queue.capacity(), 1e-9)
         scale = sched.pool_slowness.get(pool, 0.0)  # seconds per predicted unit-time
         wait_s = admitted_wait + max(0.0, best_wait or 0.0) * scale
-        target = self.target_for(pool)
+        target = self._target(pool, states)
         return PoolSignals(queued, outstanding, wait_s, float(math.ceil(outstanding / target)), len(usable))
 
     def target_for(self, pool: str) -> float:
         """Units one replica of `pool` should carry: the configured target (first matching glob),
         else its mean slots x the pool's mean units per call."""
+        return self._target(pool, self._pools().get(pool) or [])
+
+    def _target(self, pool: str, states: list[EndpointState]) -> float:
         for glob, target in self.config.target_units_per_replica.items():
             if fnmatch.fnmatchcase(pool, glob):
                 return target
-        states = self._pools().get(pool) or []
         slots = sum(s.endpoint.slots for s in states) / len(states) if states else 1.0
         return max(1e-9, slots * (self._scheduler.pool_units.get(pool) or 1.0))
 
@@ -149,10 +157,7 @@ class AutoscalingCollector(Collector):
                 "meshgate_pool_replicas", "Endpoints of the pool in rotation now.", labels=["pool"]
             ),
         }
-        for pool in self._autoscaling.pools():
-            signals = self._autoscaling.signals(pool)
-            if signals is None:
-                continue
+        for pool, signals in self._autoscaling.all_signals():
             for name, family in families.items():
                 family.add_metric([pool], float(getattr(signals, name)))
         yield from families.values()

@@ -11,7 +11,7 @@ Per-endpoint gauges are read from the endpoint table at scrape time too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -62,14 +62,12 @@ class ByPrincipal:
             [*self.labels, "code"],
             self.calls,
         )
-        cost = CounterMetricFamily(
+        yield _counter_family(
             "meshgate_principal_cost",
             f"What calls cost (the prices config), by the caller's {by}.",
-            labels=list(self.labels),
+            list(self.labels),
+            self.cost,
         )
-        for key, value in list(self.cost.items()):
-            cost.add_metric(list(key), value)
-        yield cost
 
 
 class Metrics:
@@ -193,7 +191,7 @@ class Metrics:
         self.registry.register(_DiscoveryCollector(sources, table_invalid))
 
 
-def _counter_family(name: str, doc: str, labels: list[str], data: dict[Any, int]) -> Metric:
+def _counter_family(name: str, doc: str, labels: list[str], data: Mapping[Any, float]) -> Metric:
     family = CounterMetricFamily(name, doc, labels=labels)
     for key, n in list(data.items()):
         family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
