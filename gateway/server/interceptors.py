@@ -234,6 +234,7 @@ class FrontDoor:
             ctx, authorization = self._context(method, context, start)
             token = bind(ctx)
             code = grpc.StatusCode.UNKNOWN
+            counted = False  # an error is counted before its status goes out: a caller that saw it finds it on /metrics
             try:
                 if self._admits or authz == "admin":
                     admitted = self._admit(ctx, authorization, context, authz)
@@ -249,6 +250,7 @@ class FrontDoor:
                 return response
             except GatewayError as err:
                 code = err.code
+                counted = self._done(ctx, code, start)
                 await self._answer(context, err, ctx)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -259,10 +261,12 @@ class FrontDoor:
             except Exception:  # a bug: log it once, answer without its text
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed (request %s)", method, ctx.request_id)
+                counted = self._done(ctx, code, start)
                 await abort(context, _internal(ctx), ((_REQUEST_ID, ctx.request_id),))
             finally:
                 unbind(token)
-                self._done(ctx, code, start)
+                if not counted:
+                    self._done(ctx, code, start)
 
         return handle
 
@@ -279,7 +283,8 @@ class FrontDoor:
         except Exception:  # noqa: BLE001  (grpc's ExecuteBatchError: it could not send the status, the call ended under us)
             raise asyncio.CancelledError from None
 
-    def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float) -> None:
+    def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float) -> bool:
+        """Count the call and write its access and audit lines (True: it is counted)."""
         seconds = time.monotonic() - start
         self._metrics.request_done(ctx.method, code, seconds)
         if self._audit and audit.isEnabledFor(logging.INFO):
@@ -300,6 +305,7 @@ class FrontDoor:
                 r.attempts,
                 extra=call_fields(ctx),  # written after the call's context is gone (observe/logs.py)
             )
+        return True
 
 
 def _trailers(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
