@@ -23,6 +23,7 @@ from discovery.registration import RegisterConfig
 from .endpoints.static import HostPort, PoolConfig, check_hostport, static_snapshots
 from .endpoints.upstream import UpstreamTLS
 from .ledger.config import LedgerConfig, PricesConfig
+from .observe.tracing import TracingConfig
 from .policy.admission.config import AdmissionConfig
 from .policy.auth.config import AuthConfig
 from .policy.budgets.config import BudgetsConfig
@@ -250,6 +251,7 @@ class Config(_Strict):
     budgets: BudgetsConfig = BudgetsConfig()  # spend caps per department, project, user, API key
     upstream_tls: dict[str, UpstreamTLS] = Field(default_factory=dict)  # pool (or "*") -> TLS to its backends
     autoscaling: AutoscalingConfig = AutoscalingConfig()  # per-pool signals, KEDA external scaler
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans over OTLP/gRPC; off by default
 
     @model_validator(mode="after")
     def _redis_when_used(self) -> Config:

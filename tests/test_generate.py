@@ -313,3 +313,24 @@ def test_external_apis_are_probed_at_their_own_slower_interval(
     after = [p.model_list_calls for p in providers]
     assert all(b - a <= 1 for a, b in zip(before, after, strict=True)), (before, after)
     assert all(a >= 1 for a in after)  # they were checked (at start)
+
+
+def test_tracing_off_passes_the_callers_trace_context_on_unchanged(
+    gateway: Gateway, providers: tuple[OpenAIStandIn, OpenAIStandIn]
+) -> None:
+    """W3C's rule for an intermediary that does not trace: the backend's trace joins the caller's.
+    A malformed traceparent is not passed on."""
+    for p in providers:
+        p.headers_seen.clear()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ch, s = stub(gateway)
+    with ch:
+        s.Generate(
+            request(), timeout=10, metadata=(("traceparent", parent), ("tracestate", "rojo=00f067aa0ba902b7"))
+        )
+        s.Generate(request(), timeout=10, metadata=(("traceparent", "00-not-a-trace"),))
+    seen = [{k.lower(): v for k, v in h.items()} for p in providers for h in p.headers_seen]
+    assert len(seen) == 2
+    passed = [h for h in seen if "traceparent" in h]
+    assert len(passed) == 1
+    assert (passed[0]["traceparent"], passed[0]["tracestate"]) == (parent, "rojo=00f067aa0ba902b7")

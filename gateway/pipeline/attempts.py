@@ -27,6 +27,7 @@ from adapters import Adapter, BackendError
 from ..endpoints import EndpointState, EndpointTable
 from ..errors import GatewayError, echo
 from ..observe.metrics import Metrics
+from ..observe.tracing import CallTrace, failed, passed_on
 from ..routing.aliases import Policies, Target
 from ..routing.outlier import RetryBudget
 from ..routing.plugins import RequestInfo
@@ -56,6 +57,9 @@ class Route(NamedTuple):
     model: str = ""
     skipped: tuple[str, ...] = ()
     cache_hit: bool = False  # answered from the response cache (the rest: where that answer came from)
+    # Metadata or headers for the backend with this attempt: the W3C trace context (its span's,
+    # or with tracing off the caller's as it came). The attempt adds them to the call's own.
+    trace: tuple[tuple[str, str], ...] = ()
 
 
 class Attempts:
@@ -88,7 +92,8 @@ class Attempts:
         """`call`'s answer and the route that produced it. Raises GatewayError when no target
         can answer. `call.ctx.record` follows the attempts."""
         ctx = call.ctx
-        record = ctx.record
+        record, trace = ctx.record, ctx.trace
+        passed = passed_on(ctx) if trace is None else ()
         chain, spill = self._policies.chain(call.model, call.version)
         tried: list[EndpointState] = []
         skipped: list[str] = []
@@ -112,7 +117,11 @@ class Attempts:
                 state, req = chosen
                 ep = state.endpoint
                 tried.append(state)
-                route = Route(ep.pool, ep.id, ep.backend, len(tried), target.model, tuple(skipped))
+                span = trace.attempt(call.kind, target.model, ep, len(tried)) if trace is not None else None
+                headers = passed if span is None else trace.headers(span)
+                route = Route(
+                    ep.pool, ep.id, ep.backend, len(tried), target.model, tuple(skipped), trace=headers
+                )
                 record.model, record.pool, record.endpoint, record.attempts = (
                     target.model,
                     ep.pool,
@@ -126,6 +135,8 @@ class Attempts:
                     value = await attempt(state.adapter, req.timeout_s, target, route)
                     ok = True
                 except BackendError as err:
+                    if span is not None:
+                        failed(span, err.code, err.message)
                     fault = _endpoint_fault(err)
                     self._metrics.backend_done(ep.pool, ep.id, err.code, time.monotonic() - start)
                     if err.usage is not None:
@@ -141,6 +152,8 @@ class Attempts:
                     held = time.monotonic() - start
                     record.held.append((ep, held))
                     self._scheduler.finished(state, req, predicted, held, ok, fault)
+                    if span is not None:
+                        span.end()
                 self._metrics.backend_done(ep.pool, ep.id, _OK, time.monotonic() - start)
                 if i > 0 and skipped:
                     self._metrics.spills.labels(ep.pool, "fallback").inc()
@@ -162,7 +175,10 @@ class Attempts:
         ctx = call.ctx
         remaining = ctx.deadline - time.monotonic()
         req = RequestInfo(target.model, target.version, units, ctx.region, remaining, ctx.prefer)
-        state = self._scheduler.pick(candidates, req, tried)
+        if ctx.trace is None:
+            state = self._scheduler.pick(candidates, req, tried)
+        else:
+            state = self._traced_pick(ctx.trace, candidates, req, tried)
         if state is None:
             skipped.append(f"{target.model}: down")
             return None
@@ -177,6 +193,21 @@ class Attempts:
                 self._metrics.spills.labels(state.endpoint.pool, "deadline").inc()
                 return None
         return state, req
+
+    def _traced_pick(
+        self, trace: CallTrace, candidates: list[EndpointState], req: RequestInfo, tried: list[EndpointState]
+    ) -> EndpointState | None:
+        """The scheduler's pick in a `schedule` span: what it chose from, and the complexity units."""
+        span = trace.child("schedule", {"meshgate.candidates": len(candidates), "meshgate.units": req.units})
+        try:
+            state = self._scheduler.pick(candidates, req, tried)
+            if state is not None:
+                span.set_attributes(
+                    {"meshgate.pool": state.endpoint.pool, "meshgate.endpoint": state.endpoint.id}
+                )
+            return state
+        finally:
+            span.end()
 
     def _retry(self, err: BackendError, delivered: int, tried: int, deadline: float, pool: str) -> bool:
         """Try `err`'s call again elsewhere? Never once an event has reached the caller."""

@@ -53,6 +53,7 @@ class CallRecord:
         "charge",
         "delivered",
         "endpoint",
+        "finish",
         "first_at",
         "held",
         "model",
@@ -76,6 +77,7 @@ class CallRecord:
         # for the x-ratelimit-* trailing metadata (policy/limits/stage.py).
         self.ratelimit: tuple[str, float, float, float] | None = None
         self.usage: Usage | None = None
+        self.finish = ""  # an LLM answer's finish reason (traces)
         self.cache = ""  # the response cache's verdict: hit | miss | refresh | bypass | uncacheable
         # Each backend attempt: (endpoint, seconds it held a slot there), for GPU-second charges.
         self.held: list[tuple[Endpoint, float]] = []
@@ -97,6 +99,8 @@ class RequestContext(NamedTuple):
     region: str = ""  # RoutingHints.preferred_region (soft)
     prefer: str = ""  # "" | latency | cost (RoutingHints.prefer)
     cache_mode: str = ""  # "" | use | bypass | refresh (RoutingHints.cache_mode)
+    tracestate: str = ""  # W3C tracestate from the caller's metadata (goes with traceparent)
+    trace: Any = None  # observe.tracing.CallTrace: the call's spans, when tracing is on
 
     @classmethod
     def new(

@@ -11,7 +11,6 @@ Authentication happens before this, in the server interceptor, because it needs 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -54,11 +53,12 @@ from .stages import (
     Outcome,
     Stage,
     build_stages,
+    plan,
     report_progress,
     settle_all,
     watch_progress,
 )
-from .targets import llm_adapter, retarget
+from .targets import for_target, llm_adapter, retarget
 
 log = logging.getLogger("meshgate.director")
 
@@ -135,18 +135,7 @@ class Director:
         self.stages = stages
         authorize = next((s for s in stages if s.name == "authorize"), None)
         self._rules: Any = getattr(authorize, "rules", None)  # policy.auth.authorize.Rules
-        # How to run each stage, worked out once: (stage, admit, admit is async, settle or None,
-        # settle is async).
-        self._plan = tuple(
-            (
-                stage,
-                stage.admit,
-                inspect.iscoroutinefunction(stage.admit),
-                getattr(stage, "settle", None),
-                inspect.iscoroutinefunction(getattr(stage, "settle", None)),
-            )
-            for stage in self.stages
-        )
+        self._plan, self._traced_plan = plan(stages), plan(stages, traced=True)
 
     # -- the calls ------------------------------------------------------------------------
     async def infer(self, ctx: RequestContext, call: InferCall) -> Routed[InferResult]:
@@ -154,7 +143,7 @@ class Director:
             call = call._replace(headers=self._headers(ctx))
 
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[InferResult]:
-            return adapter.infer(retarget(call, target), timeout)
+            return adapter.infer(retarget(call, target, route), timeout)
 
         async def replay(cached: InferResult, route: Route) -> InferResult:
             return cached.for_request(call.request_id)
@@ -174,7 +163,7 @@ class Director:
         pc = Call(ctx, "infer", call.model, call.version, call, stream=True)
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
-            retargeted = retarget(call, target)
+            retargeted = retarget(call, target, route)
             if isinstance(adapter, InferStreams):
                 results = adapter.infer_stream(retargeted, timeout)
                 async with contextlib.aclosing(results):
@@ -216,7 +205,7 @@ class Director:
         def attempt(
             adapter: Adapter, timeout: float, target: Target, route: Route
         ) -> Awaitable[GenerateResult]:
-            return llm_adapter(adapter, target.model).generate(call._replace(model=target.model), timeout)
+            return llm_adapter(adapter, target.model).generate(for_target(call, target, route), timeout)
 
         return await self._run(Call(ctx, "generate", call.model, "", call), attempt, _result_usage, _as_is)
 
@@ -235,14 +224,14 @@ class Director:
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> StreamEnd | None:
             events = llm_adapter(adapter, target.model).generate_stream(
-                call._replace(model=target.model), timeout
+                for_target(call, target, route), timeout
             )
             end: StreamEnd | None = None
             async with contextlib.aclosing(events):  # closes the upstream request on any exit
                 async for event in events:
                     if not isinstance(event, TextDelta):
                         end = event
-                        record.usage = event.usage
+                        record.usage, record.finish = event.usage, event.finish_reason
                     await self._deliver(pc, send, event, route)
             return end
 
@@ -262,7 +251,7 @@ class Director:
             call = call._replace(headers=self._headers(ctx))
 
         def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> Awaitable[EmbedResult]:
-            return llm_adapter(adapter, target.model).embed(call._replace(model=target.model), timeout)
+            return llm_adapter(adapter, target.model).embed(for_target(call, target, route), timeout)
 
         return await self._run(Call(ctx, "embed", call.model, "", call), attempt, _result_usage, _as_is)
 
@@ -284,11 +273,18 @@ class Director:
         return {s.endpoint.pool for s in states if not target.pool or s.endpoint.pool == target.pool}
 
     def model_ready(self, model: str, version: str) -> bool:
-        try:
-            states = self._table.candidates(model, version)
-        except GatewayError:
-            return False
-        return any(s.ready_for(model, version) for s in states)
+        """A ready endpoint can answer `model` (an alias: one of its targets, in its pool)."""
+        for target in self.policies.chain(model, version)[0]:
+            try:
+                states = self._table.candidates(target.model, target.version)
+            except GatewayError:
+                continue
+            if any(
+                s.ready_for(target.model, target.version) and target.pool in ("", s.endpoint.pool)
+                for s in states
+            ):
+                return True
+        return False
 
     def models(self) -> dict[str, list[EndpointState]]:
         """Every model the table knows, with its endpoints (the Models service's view)."""
@@ -349,7 +345,9 @@ class Director:
         to_settle: list[tuple[Stage, Any, bool, Any]] = []  # (stage, settle, is async, ticket)
         code = grpc.StatusCode.CANCELLED  # until the call ends another way
         try:
-            for stage, admit, admit_async, settle, settle_async in self._plan:
+            for stage, admit, admit_async, settle, settle_async in (
+                self._plan if call.ctx.trace is None else self._traced_plan
+            ):
                 ticket = admit(call)
                 if admit_async:
                     ticket = await ticket
@@ -365,7 +363,7 @@ class Director:
                 return Routed(value, route)
             value, route = await self.attempts.run(call, attempt)
             if usage_of is not None:
-                record.usage = usage_of(value)
+                record.usage, record.finish = usage_of(value), getattr(value, "finish_reason", "")
             call.result = (tuple(call.collect), route) if call.collect is not None else (value, route)
             code = _OK
             return Routed(value, route)

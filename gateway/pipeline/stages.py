@@ -21,6 +21,7 @@ the settled usage, partial usage of a broken stream included).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -33,6 +34,7 @@ from ..config import Config
 from ..errors import GatewayError
 from ..observe.metrics import Metrics
 from ..observe.model_stats import ModelStats
+from ..observe.tracing import TRACED_STAGES, traced_admit
 from .context import RequestContext
 from .validation import validate_embed, validate_generate, validate_infer
 
@@ -144,10 +146,30 @@ def watch_progress(call: Call, stage: Any, ticket: Any) -> None:
         call.progress = [*(call.progress or ()), (stage.progress, ticket)]
 
 
+# How the director runs each stage, worked out once: (stage, admit, admit is async, settle or
+# None, settle is async).
+Plan = tuple[tuple[Any, Any, bool, Any, bool], ...]
+
+
+def plan(stages: tuple[Stage, ...], traced: bool = False) -> Plan:
+    """`stages` as the director runs them; `traced`: the policy stages' admits in spans."""
+    out = []
+    for stage in stages:
+        admit: Any = stage.admit
+        settle = getattr(stage, "settle", None)
+        admit_async = inspect.iscoroutinefunction(admit)
+        if traced and stage.name in TRACED_STAGES:
+            admit = traced_admit(stage.name, admit, admit_async)
+        out.append((stage, admit, admit_async, settle, inspect.iscoroutinefunction(settle)))
+    return tuple(out)
+
+
 async def settle_all(
     call: Call, admitted: list[tuple[Any, Any, bool, Any]], outcome: Outcome, metrics: Metrics
 ) -> None:
     """Every admitted stage settles, in reverse order: (stage, settle, settle is async, ticket)."""
+    trace = call.ctx.trace
+    span = trace.child("settle") if trace is not None else None
     for stage, settle, settle_async, ticket in reversed(admitted):
         try:
             done = settle(call, ticket, outcome)
@@ -156,6 +178,8 @@ async def settle_all(
         except Exception:  # one stage's bug must not skip the others' settlement
             metrics.background_error(f"settle:{stage.name}")
             log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
+    if span is not None:
+        span.end()
 
 
 async def report_progress(call: Call) -> None:

@@ -3,20 +3,33 @@ Generate/Embed call needs."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
 from adapters import Adapter, BackendError, InferCall
-from adapters.llm import LLMAdapter
+from adapters.llm import EmbedCall, GenerateCall, LLMAdapter
 
 from ..errors import echo
 from ..routing.aliases import Target
+from .attempts import Route
+
+LLMCall = TypeVar("LLMCall", GenerateCall, EmbedCall)
 
 
-def retarget(call: InferCall, target: Target) -> InferCall:
-    """`call` for an alias's target (the caller's wire message names another model)."""
+def retarget(call: InferCall, target: Target, route: Route) -> InferCall:
+    """`call` for an alias's target (the caller's wire message names another model), with the
+    attempt's trace context."""
     if (target.model, target.version) != (call.model, call.version):
-        return call._replace(model=target.model, version=target.version, wire=None)
-    return call
+        call = call._replace(model=target.model, version=target.version, wire=None)
+    return call._replace(headers=call.headers + route.trace) if route.trace else call
+
+
+def for_target(call: LLMCall, target: Target, route: Route) -> LLMCall:
+    """A Generate or Embed call for `target`'s model, with the attempt's trace context."""
+    if route.trace:
+        return call._replace(model=target.model, headers=call.headers + route.trace)
+    return call._replace(model=target.model)
 
 
 def llm_adapter(adapter: Adapter, model: str) -> LLMAdapter:

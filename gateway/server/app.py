@@ -30,6 +30,7 @@ from ..endpoints import EndpointState, EndpointTable, default_adapter_maker
 from ..endpoints.readiness import ReadinessChecker
 from ..observe.autoscale import Autoscaling
 from ..observe.metrics import Metrics
+from ..observe.tracing import Tracing
 from ..pipeline.director import Director
 from ..pipeline.stages import Stage
 from ..policy.admission.stage import AdmissionStage
@@ -96,8 +97,9 @@ class Gateway:
         self.autoscaling = Autoscaling(
             config.autoscaling, self.table.pools, self.director.scheduler, admission, self.metrics.registry
         )
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
         self.door = FrontDoor(
-            config.server, self.metrics, self.authentication, self.rules, config.auth.audit_log
+            config.server, self.metrics, self.authentication, self.rules, config.auth.audit_log, self.tracing
         )
         self.probe = build.probe(config, self.table.states, self.metrics, self.director.scheduler.scraped)
         self.sources: list[DiscoverySource] = [StaticSource(config.static_snapshots())]
@@ -327,6 +329,8 @@ class Gateway:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        if self.tracing is not None:  # the spans still queued go out (at most tracing.timeout_s)
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 async def serve(config: Config, config_name: str, config_path: str | None = None) -> int:

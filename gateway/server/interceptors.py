@@ -38,7 +38,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import grpc
 
@@ -46,11 +46,13 @@ from ..config import ServerConfig
 from ..errors import GatewayError, abort
 from ..observe.logs import call_fields
 from ..observe.metrics import Metrics
+from ..observe.tracing import Tracing, failed
 from ..pipeline.context import ANONYMOUS, CallRecord, Principal, RequestContext, bind, unbind
 from ..policy.audit import audit_line
 from ..policy.auth.authenticate import Authentication
 from ..policy.auth.authorize import Rules
 from .bodies import BodyGuard, Undecodable, decoder, message_name
+from .registrar import Registrar
 
 log = logging.getLogger("meshgate.server")
 access = logging.getLogger("meshgate.access")
@@ -58,8 +60,6 @@ audit = logging.getLogger("meshgate.audit")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Authz = Literal["rules", "model", "admin"]
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # not subscriptable at run time
-Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 _OK = grpc.StatusCode.OK
 _REQUEST_ID = "x-request-id"
 _MAX_ID = 128
@@ -74,8 +74,10 @@ class FrontDoor:
         authentication: Authentication | None = None,
         rules: Rules | None = None,
         audit_log: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self.use(config, authentication, rules, audit_log)
         # Principals that authenticated lately -> time.monotonic() of their last call (Admin's
         # ListPrincipals), bounded.
@@ -118,27 +120,33 @@ class FrontDoor:
         only. `admin`: every method needs the admin role (the rules do not apply)."""
         routed: frozenset[str] = getattr(servicer, "routed_methods", frozenset())
 
-        def wrap(method: str, handler: Any) -> Any:
-            return self.wrap(method, handler, "admin" if admin else "model" if method in routed else "rules")
+        def wrap(service: str, method: str, handler: Any) -> Any:
+            authz: Authz = "admin" if admin else "model" if method in routed else "rules"
+            return self.wrap(method, handler, authz, service)
 
-        registrar = _Registrar(server, wrap if front_door else self.guard)
+        def guard(service: str, method: str, handler: Any) -> Any:
+            return self.guard(method, handler)
+
+        registrar = Registrar(server, wrap if front_door else guard)
         add_to_server(servicer, registrar)
         registrar.close()
 
-    def wrap(self, method: str, handler: Any, authz: Authz = "rules") -> Any:
-        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name) with the front door.
-        `authz`: who authorises the call: the rules here, the pipeline knowing the model
-        ("model"), or the admin role ("admin")."""
+    def wrap(self, method: str, handler: Any, authz: Authz = "rules", service: str = "") -> Any:
+        """`handler` (a grpc.RpcMethodHandler of RPC `method`, short name, of `service`, the full
+        name) with the front door. `authz`: who authorises the call: the rules here, the pipeline
+        knowing the model ("model"), or the admin role ("admin")."""
         message = message_name(handler)
         handler = handler._replace(request_deserializer=decoder(handler.request_deserializer))
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, message, handler.unary_unary, authz))
+            return handler._replace(
+                unary_unary=self._unary(method, message, handler.unary_unary, authz, service)
+            )
         if handler.unary_stream is not None or handler.stream_stream is not None:
             inner = handler.unary_stream or handler.stream_stream
             if inspect.isasyncgenfunction(inner):
                 raise TypeError(f"{method}: stream handlers write with context.write, they do not yield")
             if handler.unary_stream is not None:
-                return handler._replace(unary_stream=self._unary(method, message, inner, authz))
+                return handler._replace(unary_stream=self._unary(method, message, inner, authz, service))
 
             # Bidirectional (KServe's ModelStreamInfer): an undecodable body in the stream ends
             # it with INVALID_ARGUMENT, raised where the handler reads it.
@@ -152,12 +160,12 @@ class FrontDoor:
                 result: Awaitable[Any] = inner(checked(requests), context)
                 return result
 
-            return handler._replace(stream_stream=self._unary(method, message, bidi, authz))
+            return handler._replace(stream_stream=self._unary(method, message, bidi, authz, service))
         raise TypeError(f"{method}: client-streaming methods are not served")
 
     def _context(self, method: str, context: Context, start: float) -> tuple[RequestContext, str]:
         """The call's context, and its `authorization` metadata ("" when none)."""
-        request_id = traceparent = priority = authorization = ""
+        request_id = traceparent = tracestate = priority = authorization = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization = value if isinstance(value, str) else ""
@@ -165,6 +173,8 @@ class FrontDoor:
                 request_id = value if isinstance(value, str) and len(value) <= _MAX_ID else ""
             elif key == "traceparent":
                 traceparent = str(value)
+            elif key == "tracestate":
+                tracestate = str(value)
             elif key == "x-meshgate-priority":
                 priority = str(value)
         remaining = context.time_remaining()
@@ -179,6 +189,7 @@ class FrontDoor:
             context.peer(),
             traceparent,
             priority,
+            tracestate=tracestate,
         )
         return ctx, authorization
 
@@ -195,6 +206,22 @@ class FrontDoor:
                 return self._admit_later(ctx, found, authz)
             principal = found
         return self._admitted(ctx, principal, authz)
+
+    async def _admit_traced(
+        self, ctx: RequestContext, authorization: str, context: Context, authz: Authz
+    ) -> RequestContext:
+        """`_admit` in an `auth` span."""
+        span = ctx.trace.child("auth")
+        try:
+            admitted = self._admit(ctx, authorization, context, authz)
+            ctx = admitted if isinstance(admitted, RequestContext) else await admitted
+            span.set_attribute("meshgate.auth", ctx.principal.auth)
+            return ctx
+        except GatewayError as err:
+            failed(span, err.code, err.message)
+            raise
+        finally:
+            span.end()
 
     async def _admit_later(
         self, ctx: RequestContext, principal: Awaitable[Principal], authz: Authz
@@ -228,15 +255,20 @@ class FrontDoor:
         message: str,
         inner: Callable[[Any, Context], Awaitable[Any]],
         authz: Authz = "rules",
+        service: str = "",
     ) -> Any:
         async def handle(request: Any, context: Context) -> Any:
             start = time.monotonic()
             ctx, authorization = self._context(method, context, start)
+            if self._tracing is not None:
+                ctx = ctx._replace(trace=self._tracing.start(service, ctx))
             token = bind(ctx)
             code = grpc.StatusCode.UNKNOWN
             counted = False  # an error is counted before its status goes out: a caller that saw it finds it on /metrics
             try:
-                if self._admits or authz == "admin":
+                if (self._admits or authz == "admin") and ctx.trace is not None:
+                    ctx = await self._admit_traced(ctx, authorization, context, authz)
+                elif self._admits or authz == "admin":
                     admitted = self._admit(ctx, authorization, context, authz)
                     ctx = admitted if isinstance(admitted, RequestContext) else await admitted
                 if type(request) is Undecodable:
@@ -250,7 +282,7 @@ class FrontDoor:
                 return response
             except GatewayError as err:
                 code = err.code
-                counted = self._done(ctx, code, start)
+                counted = self._done(ctx, code, start, err.message)
                 await self._answer(context, err, ctx)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -261,7 +293,7 @@ class FrontDoor:
             except Exception:  # a bug: log it once, answer without its text
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed (request %s)", method, ctx.request_id)
-                counted = self._done(ctx, code, start)
+                counted = self._done(ctx, code, start, "internal error")
                 await abort(context, _internal(ctx), ((_REQUEST_ID, ctx.request_id),))
             finally:
                 unbind(token)
@@ -283,10 +315,12 @@ class FrontDoor:
         except Exception:  # noqa: BLE001  (grpc's ExecuteBatchError: it could not send the status, the call ended under us)
             raise asyncio.CancelledError from None
 
-    def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float) -> bool:
-        """Count the call and write its access and audit lines (True: it is counted)."""
+    def _done(self, ctx: RequestContext, code: grpc.StatusCode, start: float, message: str = "") -> bool:
+        """Count the call, end its span, write its access and audit lines (True: it is counted)."""
         seconds = time.monotonic() - start
         self._metrics.request_done(ctx.method, code, seconds)
+        if ctx.trace is not None:
+            ctx.trace.end(ctx, code, message)
         if self._audit and audit.isEnabledFor(logging.INFO):
             audit.info(audit_line(ctx, code, seconds), extra=call_fields(ctx))
         if self._access_log and access.isEnabledFor(logging.INFO):
@@ -336,32 +370,3 @@ def _size(message: Any) -> int:
 
 def _internal(ctx: RequestContext) -> GatewayError:
     return GatewayError(grpc.StatusCode.INTERNAL, f"internal error in the gateway (request {ctx.request_id})")
-
-
-class _Registrar:
-    """Stands in for the server while generated code registers a servicer. The generated code
-    hands over the same method handlers twice: as a generic handler, then as a dict
-    (add_registered_method_handlers, a no-op in grpc.aio 1.81); the dict is wrapped and
-    registered as grpc's own generic handler, the plain one dropped."""
-
-    def __init__(self, server: grpc.aio.Server, wrap: Callable[[str, Any], Any]) -> None:
-        self._server = server
-        self._wrap = wrap
-        self._generic: list[Generic] = []
-
-    def add_generic_rpc_handlers(self, handlers: tuple[Generic, ...]) -> None:
-        self._generic.extend(handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
-        wrapped = {method: self._wrap(method, h) for method, h in handlers.items()}
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
-        self._server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
-        self._generic.clear()
-
-    def close(self) -> None:
-        """Generated code that registered no method dict cannot be wrapped: say so at start-up
-        rather than serve its calls past the front door."""
-        if self._generic:
-            raise TypeError(
-                "a servicer registered only generic handlers; regenerate it with grpcio-tools >= 1.62"
-            )

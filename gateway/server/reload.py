@@ -24,7 +24,7 @@ from ..config import Config, ConfigError, format_errors
 log = logging.getLogger("meshgate")
 
 # Whole top-level sections that only a restart applies.
-_RESTART_SECTIONS = ("metrics", "discovery", "readiness", "redis", "ledger", "log_format")
+_RESTART_SECTIONS = ("metrics", "discovery", "readiness", "redis", "ledger", "log_format", "tracing")
 # Fields of `server` and `routing` that only a restart applies.
 _RESTART_FIELDS = {
     "server": ("listen", "tls", "max_message_bytes", "uvloop", "allow_unauthenticated"),
