@@ -14,6 +14,8 @@ concurrency 1 and 64:
   meshgate-policy-* / meshgate-cache-hit   auth + rate limits (memory, Redis exact, Redis leased)
               + response cache (miss, or hit): bench/policy.py
   meshgate-before  with --baseline REV: the gateway of that commit, same config, same run
+  meshgate-traced / -traced-1pct  tracing on, every call sampled / 1% of them, spans exported
+              over OTLP/gRPC to a collector in this process (tests/otlp_collector.py)
   nginx       h2load -> nginx grpc_pass (1 worker, the C reference) -> backend
 
 The backend is nginx answering every call with a fixed, pre-encoded ModelInferResponse and a
@@ -289,6 +291,17 @@ def auth_setups(work: Path) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]
     }
 
 
+TRACED = ("meshgate-traced", "meshgate-traced-1pct")
+
+
+def tracing_setups(endpoint: str) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """Traced paths: every call sampled, and 1% (a production setting)."""
+    return {
+        name: (f"tracing: {{enabled: true, endpoint: '{endpoint}', sample_ratio: {ratio}}}", ())
+        for name, ratio in zip(TRACED, (1.0, 0.01), strict=True)
+    }
+
+
 def meshgate_config(work: Path, port: int, backend: int, label: str, auth: str = "") -> Path:
     path = work / f"meshgate-{label}.yaml"
     path.write_text(
@@ -312,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     py = sys.executable
     results: dict[str, Any] = {}
     redis: Any = None  # a redis-server for the policy paths, started when first needed
+    collector: Any = None  # the OTLP receiver of the traced paths
     baseline = baseline_tree(work, args.baseline) if args.baseline else None
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
@@ -342,6 +356,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if baseline is not None:
             gateways.insert(1, ("meshgate-before", 1, baseline))
         auths = auth_setups(work) if args.auth else {}
+        if args.tracing:
+            if collector is None:
+                from tests.otlp_collector import OTLPCollector
+
+                collector = OTLPCollector()
+            auths |= tracing_setups(collector.endpoint)
         if args.policy:
             if redis is None:
                 from tests.redis_server import RedisServer
@@ -404,6 +424,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stop(backend)
     if redis is not None:
         redis.stop()
+    if collector is not None:
+        print(f"  the collector received {len(collector.spans)} spans", flush=True)
+        collector.close()
     if baseline is not None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     return results
@@ -441,7 +464,7 @@ def report(results: dict[str, Any]) -> str:
         f" {(row[name]['p50_ms'] - row['meshgate']['p50_ms']) * 1000:+.0f} |"
         f" {(row[name]['cpu_ms_per_call'] - row['meshgate']['cpu_ms_per_call']) * 1000:+.0f} |"
         for key, row in results.items()
-        for name in ("meshgate-apikey", "meshgate-jwt")
+        for name in ("meshgate-apikey", "meshgate-jwt", *TRACED)
         if name in row
     ]
     with_before = any("meshgate-before" in row for row in results.values())
@@ -466,7 +489,7 @@ def report(results: dict[str, Any]) -> str:
     if auth_rows:
         lines += [
             "",
-            "| payload / concurrency | authenticated path | req/s vs no auth | added p50 us | CPU us/call added |",
+            "| payload / concurrency | authenticated or traced path | req/s vs plain | added p50 us | CPU us/call added |",
             "|---|---|---:|---:|---:|",
             *auth_rows,
         ]
@@ -494,6 +517,7 @@ def main() -> int:
         metavar="GLOB",
         help="only these gateway paths (and meshgate, meshgate-2w)",
     )
+    ap.add_argument("--no-tracing", dest="tracing", action="store_false", help="leave out the traced paths")
     ap.add_argument(
         "--no-policy", dest="policy", action="store_false", help="leave out the policy paths (limits, cache)"
     )

@@ -6,6 +6,7 @@ collector: its server span must be the child of the front's attempt span) and ov
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +66,10 @@ def traced(triton_a: Triton, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "auth": api_key_auth(keys_file),
             "rate_limits": {"limits": [{"name": "per-user", "key": ["user"], "requests_per_s": 1000}]},
             "cache": {},
-            "tracing": _tracing(collector, "meshgate"),
+            # Only calls whose caller sent a sampled traceparent are traced (the W3C flag decides).
+            "tracing": {**_tracing(collector, "meshgate"), "sample_ratio": 0.0},
+            "server": {"access_log": True},
+            "log_format": "json",
         }
     ).start()
     try:
@@ -208,3 +212,40 @@ def test_a_callers_mistake_is_not_a_server_error_but_a_backend_failure_is(traced
     attempts = [s for s in spans if s.name == "chat echo"]
     assert attempts and all(s.status == ERROR and s.attributes["error.type"] for s in attempts)
     assert _one(spans, "meshgate.v1.Inference/Generate").status == ERROR
+
+
+def test_sampling_the_callers_flag_decides_and_unsampled_calls_make_no_spans(traced: Traced) -> None:
+    unsampled_trace = secrets.token_hex(16)
+    unsampled = f"00-{unsampled_trace}-{secrets.token_hex(8)}-00"
+    traced.llm.headers_seen.clear()
+    msg = generate_pb2.ChatMessage(role="user", content=[generate_pb2.ContentPart(text="hi")])
+    auth = (("authorization", f"Bearer {traced.key}"),)
+    with grpc.insecure_channel(traced.front.address) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        request = generate_pb2.GenerateRequest(model="echo", messages=[msg])
+        _, untraced = stub.Generate.with_call(request, timeout=10, metadata=auth)  # sample_ratio 0
+        stub.Generate(request, timeout=10, metadata=(*auth, ("traceparent", unsampled)))
+        trace_id, _, metadata = _caller(traced.key)
+        stub.Generate(request, timeout=10, metadata=metadata)
+    traced.collector.trace(trace_id, 6)  # spans go out in the order they ended: the two before had theirs
+    assert not [s for s in traced.collector.spans if s.trace_id == unsampled_trace]
+    untraced_id = dict(untraced.trailing_metadata())["x-request-id"]
+    assert not [s for s in traced.collector.spans if s.attributes.get("meshgate.request_id") == untraced_id]
+    sent = [{k.lower(): v for k, v in h.items()} for h in traced.llm.headers_seen]
+    assert "traceparent" not in sent[0]
+    assert sent[1]["traceparent"] == unsampled  # passed on as the caller sent it
+    assert sent[2]["traceparent"].startswith(f"00-{trace_id}-")
+
+
+def test_the_access_log_line_carries_the_trace_and_span_ids(traced: Traced) -> None:
+    trace_id, _, metadata = _caller(traced.key)
+    with grpc.insecure_channel(traced.front.address) as ch:
+        _, call = inference_pb2_grpc.InferenceStub(ch).Infer.with_call(
+            add_sub_request([3.5], [float(secrets.randbelow(10**6))]), timeout=10, metadata=metadata
+        )
+    request_id = dict(call.trailing_metadata())["x-request-id"]
+    server = _one(traced.collector.trace(trace_id, 7), "meshgate.v1.Inference/Infer")
+    lines = [json.loads(line) for line in traced.front.log().splitlines() if line.startswith("{")]
+    access = [d for d in lines if d.get("logger") == "meshgate.access" and d.get("request_id") == request_id]
+    assert len(access) == 1
+    assert (access[0]["trace_id"], access[0]["span_id"]) == (trace_id, server.span_id)

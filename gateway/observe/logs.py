@@ -27,13 +27,17 @@ def trace_id(traceparent: str) -> str:
 
 
 def call_fields(ctx: RequestContext) -> dict[str, str]:
-    """`extra=` for a log line about `ctx` made outside its context (the access log)."""
+    """`extra=` for a log line about `ctx` made outside its context (the access log): its request
+    id, and its trace and span ids: the gateway's server span when traced, else the caller's."""
+    if ctx.trace is not None:
+        trace, span = ctx.trace.ids()
+        return {"request_id": ctx.request_id, "trace_id": trace, "span_id": span}
     return {"request_id": ctx.request_id, "trace_id": trace_id(ctx.traceparent)}
 
 
 class JsonFormatter(logging.Formatter):
-    """{"ts", "level", "logger", "message", "request_id", "trace_id", "exception"}: keys with
-    nothing to say are left out."""
+    """{"ts", "level", "logger", "message", "request_id", "trace_id", "span_id", "exception"}:
+    keys with nothing to say are left out."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, str] = {
@@ -45,15 +49,17 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         request_id = getattr(record, "request_id", None)
-        trace = getattr(record, "trace_id", None)
+        fields = {"trace_id": getattr(record, "trace_id", ""), "span_id": getattr(record, "span_id", "")}
         if request_id is None:
             ctx = current_or_none()
             if ctx is not None:
-                request_id, trace = ctx.request_id, trace_id(ctx.traceparent)
+                fields = call_fields(ctx)
+                request_id = fields["request_id"]
         if request_id:
             doc["request_id"] = request_id
-        if trace:
-            doc["trace_id"] = trace
+        for key in ("trace_id", "span_id"):
+            if fields.get(key):
+                doc[key] = fields[key]
         if record.exc_text:
             doc["exception"] = record.exc_text
         elif record.exc_info:

@@ -27,6 +27,7 @@ INTERNAL, DEADLINE_EXCEEDED ...), not for a caller's mistake; an attempt or a st
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import urllib.parse
@@ -76,7 +77,7 @@ class TracingConfig(BaseModel):
     # The collector's OTLP/gRPC endpoint: http:// is plaintext, https:// TLS (system roots).
     endpoint: str = Field(default="http://127.0.0.1:4317", pattern=r"^https?://[^\s/]+")
     headers: dict[str, str] = Field(default_factory=dict)  # e.g. a SaaS collector's key: ${OTLP_KEY}
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of traces the caller did not decide on
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of calls whose caller sent no traceparent
     service_name: str = Field(default="meshgate", min_length=1)
     export_interval_s: float = Field(default=2.0, gt=0)  # batches go at least this often
     max_queue: int = Field(
@@ -94,7 +95,7 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
         resource = Resource.create(
             {
@@ -103,9 +104,9 @@ class Tracing:
                 "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
             }
         )
-        self._provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(config.sample_ratio))
-        )
+        # Sampling is decided before a span exists (`start`): a call not sampled costs no span.
+        self._provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+        self._ratio = config.sample_ratio
         exporter = OTLPSpanExporter(
             endpoint=config.endpoint,
             insecure=config.endpoint.startswith("http://"),
@@ -121,12 +122,18 @@ class Tracing:
         )
         self._tracer = self._provider.get_tracer("meshgate", __version__)
 
-    def start(self, service: str, ctx: RequestContext) -> CallTrace:
-        """The server span of a call to `service`/`ctx.method`, a child of the caller's trace."""
+    def start(self, service: str, ctx: RequestContext) -> CallTrace | None:
+        """The server span of a call to `service`/`ctx.method`, a child of the caller's trace;
+        None when the call is not sampled: the caller's sampled flag decides (W3C), else
+        `sample_ratio`. The SDK costs ~50 us of CPU to make and end a span and ~55 us to
+        encode it for export (5-7 spans a call); an unsampled call costs next to nothing."""
         parent = None
-        if ctx.traceparent:
-            carrier = {"traceparent": ctx.traceparent, "tracestate": ctx.tracestate}
-            parent = _PROPAGATOR.extract(carrier)
+        if ctx.traceparent and _TRACEPARENT.fullmatch(ctx.traceparent) is not None:
+            if not int(ctx.traceparent[-2:], 16) & 1:
+                return None  # the caller decided; its context is passed on unchanged
+            parent = _PROPAGATOR.extract({"traceparent": ctx.traceparent, "tracestate": ctx.tracestate})
+        elif self._ratio < 1.0 and random.random() >= self._ratio:
+            return None
         span = self._tracer.start_span(
             f"{service}/{ctx.method}",
             context=parent,
@@ -178,6 +185,11 @@ class CallTrace:
         return self._tracer.start_span(
             f"{operation} {model}", context=self._parent, kind=SpanKind.CLIENT, attributes=attributes
         )
+
+    def ids(self) -> tuple[str, str]:
+        """The server span's trace id and span id, in hex (log lines carry them)."""
+        sc = self.span.get_span_context()
+        return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
 
     @staticmethod
     def headers(span: Span) -> tuple[tuple[str, str], ...]:
