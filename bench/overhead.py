@@ -372,9 +372,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             apikey = auths.get("meshgate-apikey") or auth_setups(work)["meshgate-apikey"]
             auths |= policy_setups(apikey, redis.url)
         gateways += [(name, 1, ROOT) for name in auths]
-        if args.only:  # the plain gateway always runs: every ratio is against it
+        if args.only:  # the plain gateway (1 and 2 workers) always runs: the ratios are against it
             gateways = [
-                g for g in gateways if g[0] == "meshgate" or any(fnmatch.fnmatch(g[0], p) for p in args.only)
+                g
+                for g in gateways
+                if g[0] in ("meshgate", "meshgate-2w") or any(fnmatch.fnmatch(g[0], p) for p in args.only)
             ]
         for name, workers, tree in gateways:
             p = free_port()

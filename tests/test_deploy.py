@@ -79,7 +79,12 @@ def test_the_compose_file_follows_the_compose_spec() -> None:
         "postgres",
         "prometheus",
         "grafana",
+        "jaeger",
     }
+    # the gateway's traces go where Jaeger takes OTLP/gRPC
+    config = yaml.safe_load((DEPLOY / "docker" / "config.yaml").read_text())
+    assert config["tracing"]["endpoint"] == "http://jaeger:4317"
+    assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
     for name, service in compose["services"].items():  # nothing published beyond loopback
         assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", [])), name
 
