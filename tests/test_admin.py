@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, tensor_pb2
+from pydantic import ValidationError
 
 from gateway.config import Config
 from gateway.server.reload import plan_reload
@@ -332,6 +333,20 @@ def test_the_cache_store_waits_for_a_restart_and_the_rest_of_the_cache_applies()
     assert plan.restart_required == ["cache.store", "redis"] and plan.applied == ["cache"]
     assert plan.config.cache is not None
     assert (plan.config.cache.store, plan.config.cache.max_bytes) == ("memory", 8192)
+
+
+def test_tracing_waits_for_a_restart() -> None:
+    running = Config.model_validate({})
+    new = Config.model_validate({"tracing": {"enabled": True, "endpoint": "http://collector:4317"}})
+    plan = plan_reload(running, new, "meshgate.yaml")
+    assert plan.restart_required == ["tracing"] and not plan.config.tracing.enabled
+
+
+def test_tracing_config_names_a_bad_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Config.model_validate({"tracing": {"enabled": True, "endpoint": "collector:4317", "sample_ratio": 2}})
+    where = {".".join(map(str, e["loc"])) for e in caught.value.errors()}
+    assert where == {"tracing.endpoint", "tracing.sample_ratio"}
 
 
 def test_reload_cannot_turn_auth_off_on_a_listener_others_reach(
