@@ -29,6 +29,7 @@ help:
 	@echo "make bench-ledger   usage records/s into SQLite and PostgreSQL, and what append() costs the request path"
 	@echo "make bench-peers    the LLM path against LiteLLM and Portkey, one fake OpenAI backend, one run"
 	@echo "make bench-des      the policies at 1,000 backends x 3 replicas, then across time scales (simulation)"
+	@echo "make bench-http2    HTTP/2 (httpx + h2) against aiohttp's HTTP/1.1 to a TLS API: CPU per call, bursts"
 	@echo "make bench-probe    the load probe's cost at 200 and 1,000 endpoints"
 	@echo "make bench-dashboard the Grafana dashboard's main panels from a real Prometheus run, as a PNG"
 
@@ -87,6 +88,10 @@ bench-auth: venv system-deps
 bench-peers: venv system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
+bench-http2: venv system-deps
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.http2 $(BENCH_ARGS)
 
 bench-ledger: venv test-deps
 	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
