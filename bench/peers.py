@@ -12,7 +12,9 @@ Paths:
     portkey    Portkey's open-source gateway (npm, pinned; started with a preload that binds it to
                127.0.0.1), OpenAI JSON over HTTP/1.1 with x-portkey-provider/custom-host headers
 Each path at 1, 16 and 64 connections (unary) and 1 and 16 (streams): requests/s, p50 and the
-gateway's process-tree CPU per request. Rounds are interleaved (path by path within a round),
+gateway's process-tree CPU per request. Then time to first byte of streams at 1 and 16 concurrent
+streams (bench/ttfb.py), from a backend that paces its tokens (the tests' OpenAI stand-in, 30 ms
+a token), so that the first byte and the last are different moments. Rounds are interleaved (path by path within a round),
 figures are medians of --rounds. Writes bench/results/peers.md and a plot (bench/out/peers.png).
 
 What the peers need (installed once under ~/.cache/meshgate/peers): LiteLLM 1.108.7 with its
@@ -48,6 +50,7 @@ from bench.overhead import (
     stop,
     write_payloads,
 )
+from bench.ttfb import paced_backend, ttfb
 
 PEERS = Path.home() / ".cache" / "meshgate" / "peers"
 LITELLM = "1.108.7"
@@ -160,7 +163,7 @@ def ensure_peers() -> dict[str, Path]:
     return {"litellm": venv / "bin" / "litellm", "portkey": server, "loopback": portkey / "loopback.mjs"}
 
 
-def grpc_bodies(work: Path) -> tuple[Path, Path]:
+def grpc_bodies(work: Path) -> tuple[Path, Path, Path]:
     from meshgate.v1 import generate_pb2
 
     def req(model: str) -> Any:
@@ -169,10 +172,11 @@ def grpc_bodies(work: Path) -> tuple[Path, Path]:
         )
         return generate_pb2.GenerateRequest(model=model, messages=[msg])
 
-    unary, stream = work / "generate.bin", work / "stream.bin"
+    unary, stream, paced = work / "generate.bin", work / "stream.bin", work / "paced.bin"
     unary.write_bytes(frame(req("bench")))
     stream.write_bytes(frame(req("bench-stream")))
-    return unary, stream
+    paced.write_bytes(frame(req("bench-paced")))
+    return unary, stream, paced
 
 
 def json_body(work: Path, model: str, stream: bool) -> Path:
@@ -251,6 +255,7 @@ def main() -> int:
         "nginx-u": nginx(work, "unary", BACKEND.format(port=bu, root=unary_root, mime="application/json")),
         "nginx-s": nginx(work, "stream", BACKEND.format(port=bs, root=stream_root, mime="text/event-stream")),
     }
+    procs["paced"], bp = paced_backend(ROOT)
     bt = free_port()  # the tensor path (meshgate's Infer path, for the ratio): a KServe v2 nginx
     from tritonclient.grpc import service_pb2 as kpb
 
@@ -301,6 +306,16 @@ def main() -> int:
                                 }
                             ]
                         },
+                        "paced": {
+                            "endpoints": [
+                                {
+                                    "id": "p",
+                                    "address": f"127.0.0.1:{bp}",
+                                    "backend": "openai",
+                                    "models": ["bench-paced"],
+                                }
+                            ]
+                        },
                     },
                 }
             )
@@ -327,6 +342,14 @@ def main() -> int:
                                 "litellm_params": {
                                     "model": "openai/bench",
                                     "api_base": f"http://127.0.0.1:{bs}/v1",
+                                    "api_key": "sk-bench",
+                                },
+                            },
+                            {
+                                "model_name": "bench-paced",
+                                "litellm_params": {
+                                    "model": "openai/bench",
+                                    "api_base": f"http://127.0.0.1:{bp}/v1",
                                     "api_key": "sk-bench",
                                 },
                             },
@@ -377,7 +400,7 @@ def main() -> int:
                     180,
                 )
         time.sleep(3)
-        gu, gs = grpc_bodies(work)
+        gu, gs, gp = grpc_bodies(work)
         paths: dict[str, dict[str, Any]] = {
             "meshgate-infer": {"unary": (f"http://127.0.0.1:{mp}{METHOD}", infer_body, [], True)},
             "direct": {
@@ -393,10 +416,17 @@ def main() -> int:
                     [],
                     False,
                 ),
+                "ttfb": (
+                    f"http://127.0.0.1:{bp}/v1/chat/completions",
+                    json_body(work, "bench", True),
+                    [],
+                    False,
+                ),
             },
             "meshgate": {
                 "unary": (f"http://127.0.0.1:{mp}{UNARY}", gu, [], True),
                 "stream": (f"http://127.0.0.1:{mp}{STREAM}", gs, [], True),
+                "ttfb": (f"http://127.0.0.1:{mp}{STREAM}", gp, [], True),
             },
         }
         if "litellm" in gports:
@@ -405,6 +435,7 @@ def main() -> int:
             paths["litellm"] = {
                 "unary": (base, json_body(work, "bench", False), auth, False),
                 "stream": (base, json_body(work, "bench-stream", True), auth, False),
+                "ttfb": (base, json_body(work, "bench-paced", True), auth, False),
             }
         if "portkey" in gports:
             base = f"http://127.0.0.1:{gports['portkey']}/v1/chat/completions"
@@ -422,8 +453,22 @@ def main() -> int:
                     [*pk, f"x-portkey-custom-host: http://127.0.0.1:{bs}/v1"],
                     False,
                 ),
+                "ttfb": (
+                    base,
+                    json_body(work, "bench", True),
+                    [*pk, f"x-portkey-custom-host: http://127.0.0.1:{bp}/v1"],
+                    False,
+                ),
             }
-        loads = [("unary", 1), ("unary", 16), ("unary", 64), ("stream", 1), ("stream", 16)]
+        loads = [
+            ("unary", 1),
+            ("unary", 16),
+            ("unary", 64),
+            ("stream", 1),
+            ("stream", 16),
+            ("ttfb", 1),
+            ("ttfb", 16),
+        ]
         samples: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         for rnd in range(args.rounds):
             for kind, conns in loads:
@@ -431,6 +476,17 @@ def main() -> int:
                     if kind not in spec:
                         continue
                     url, body, headers, is_grpc = spec[kind]
+                    if kind == "ttfb":
+                        stat = ttfb(
+                            "grpc" if is_grpc else "http", url, body, headers, conns, max(args.seconds, 3.0)
+                        )
+                        samples.setdefault((name, kind, conns), []).append(stat)
+                        print(
+                            f"  round {rnd + 1} ttfb   c={conns:<3} {name:9} p50 {stat['ttfb_p50_ms']:7.2f} ms"
+                            f"  p99 {stat['ttfb_p99_ms']:7.2f} ms  ({stat['streams']:.0f} streams)",
+                            flush=True,
+                        )
+                        continue
                     proc = procs.get(name.split("-")[0])
                     cpu0 = group_cpu_seconds(proc.pid) if proc is not None else 0.0
                     stat = h2load(url, body, conns, args.seconds, headers, is_grpc)
@@ -505,22 +561,33 @@ def report(samples: dict[tuple[str, str, int], list[dict[str, float]]], paths: d
         return statistics.median(vals) if vals else float("nan")
 
     lines = [
-        "| path | added p50 at c=1 | req/s c=1 / 16 / 64 | CPU per unary call c=1 / 16 / 64 | CPU per 100-chunk stream c=1 / 16 | stream p50 c=1 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | added p50 at c=1 | req/s c=1 / 16 / 64 | CPU per unary call c=1 / 16 / 64 | CPU per 100-chunk stream c=1 / 16 | stream p50 c=1 | stream TTFB p50 c=1 / 16 (paced) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     direct = med("direct", "unary", 1, "p50_ms")
     for name in paths:
         if name == "meshgate-infer":
             continue
         rps = " / ".join(f"{med(name, 'unary', c, 'rps'):.0f}" for c in (1, 16, 64))
+        first = " / ".join(f"{med(name, 'ttfb', c, 'ttfb_p50_ms'):.2f}" for c in (1, 16))
         if name == "direct":
-            lines.append(f"| direct | | {rps} | | | {med(name, 'stream', 1, 'p50_ms'):.2f} ms |")
+            lines.append(f"| direct | | {rps} | | | {med(name, 'stream', 1, 'p50_ms'):.2f} ms | {first} ms |")
             continue
         added = med(name, "unary", 1, "p50_ms") - direct
         cpu = " / ".join(f"{med(name, 'unary', c, 'cpu_ms'):.2f}" for c in (1, 16, 64))
         scpu = " / ".join(f"{med(name, 'stream', c, 'cpu_ms'):.2f}" for c in (1, 16))
         lines.append(
-            f"| {name} | {added * 1000:+.0f} us | {rps} | {cpu} ms | {scpu} ms | {med(name, 'stream', 1, 'p50_ms'):.2f} ms |"
+            f"| {name} | {added * 1000:+.0f} us | {rps} | {cpu} ms | {scpu} ms | {med(name, 'stream', 1, 'p50_ms'):.2f} ms"
+            f" | {first} ms |"
+        )
+    for c in (1, 16):
+        lines.append(
+            f"stream TTFB c={c}, added over direct at p50: "
+            + ", ".join(
+                f"{name} {med(name, 'ttfb', c, 'ttfb_p50_ms') - med('direct', 'ttfb', c, 'ttfb_p50_ms'):+.2f} ms"
+                for name in paths
+                if name not in ("direct", "meshgate-infer")
+            )
         )
     infer = [med("meshgate-infer", "unary", c, "cpu_ms") for c in (1, 16, 64)]
     lines.append("")
