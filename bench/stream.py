@@ -3,11 +3,14 @@
 
 N concurrent chat streams (default 100) of T tokens each (default 500) at R tokens/s per stream
 (default 50) from the OpenAI-compatible stand-in (tests/openai_standin.py, in its own process),
-consumed directly over HTTP SSE and through meshgate's GenerateStream. Prints delivered tokens/s,
+consumed directly over HTTP SSE (aiohttp, the cheapest Python client measured: bench-http2) and
+through meshgate's GenerateStream (grpc.aio). Prints delivered tokens/s,
 time to first token p50/p99 (and what meshgate adds), inter-token gap p99, and the gateway's CPU.
 Streams start spread over --stagger seconds (steady arrivals) and, separately, all at once (a
 burst, where first tokens queue behind the gateway's work of opening every stream). Then the
-relay ceiling: the same with no pacing (the backend sends as fast as it can).
+relay ceiling: the same with no pacing (the backend sends as fast as it can). Each load runs
+--rounds times, the paths interleaved; figures are medians (a burst's first tokens vary by tens
+of milliseconds from one run to the next on a shared machine).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
-import httpx
 from meshgate.v1 import generate_pb2, inference_pb2_grpc
 
 from bench.overhead import ROOT, baseline_tree, free_port, group_cpu_seconds, start, stop
@@ -45,7 +48,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def direct_stream(
-    client: httpx.AsyncClient, words: str, delay: float = 0.0
+    client: aiohttp.ClientSession, url: str, words: str, delay: float = 0.0
 ) -> tuple[float, list[float], int]:
     await asyncio.sleep(delay)
     body = {
@@ -56,8 +59,9 @@ async def direct_stream(
     }
     t0 = time.perf_counter()
     first, stamps, n = 0.0, [], 0
-    async with client.stream("POST", "/chat/completions", json=body) as resp:
-        async for line in resp.aiter_lines():
+    async with client.post(url + "/chat/completions", json=body) as resp:
+        async for raw in resp.content:  # one SSE line at a time
+            line = raw.decode().rstrip("\r\n")
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -88,11 +92,12 @@ async def mesh_stream(stub: Any, words: str, delay: float = 0.0) -> tuple[float,
 async def run(mode: str, streams: int, words: str, target: str, stagger: float) -> dict[str, float]:
     t0 = time.perf_counter()
     if mode == "direct":
-        async with httpx.AsyncClient(
-            base_url=target, timeout=None, limits=httpx.Limits(max_connections=streams + 10)
+        connector = aiohttp.TCPConnector(limit=streams + 10)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
         ) as client:
             results = await asyncio.gather(
-                *(direct_stream(client, words, i * stagger / streams) for i in range(streams))
+                *(direct_stream(client, target, words, i * stagger / streams) for i in range(streams))
             )
     else:
         async with grpc.aio.insecure_channel(target) as ch:
@@ -144,6 +149,7 @@ def main() -> int:
         default=2.0,
         help="seconds over which the streams start (0 = all at once, a burst)",
     )
+    ap.add_argument("--rounds", type=int, default=3, help="runs per path and load; figures are medians")
     ap.add_argument(
         "--baseline",
         default="",
@@ -185,14 +191,19 @@ def main() -> int:
                 )
                 targets.append((name, f"127.0.0.1:{gw_port}", gw))
             time.sleep(3)
-            for mode, target, gw in targets:
-                cpu0 = group_cpu_seconds(gw.pid) if gw is not None else 0.0
-                t0 = time.monotonic()
-                stats = asyncio.run(run(mode, args.streams, words, target, stagger))
-                if gw is not None:
-                    stats["gateway_cpu_pct"] = (
-                        (group_cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0) * 100
-                    )
+            runs: dict[str, list[dict[str, float]]] = {}
+            for _ in range(args.rounds):  # interleaved: drift hits every path alike
+                for mode, target, gw in targets:
+                    cpu0 = group_cpu_seconds(gw.pid) if gw is not None else 0.0
+                    t0 = time.monotonic()
+                    one = asyncio.run(run(mode, args.streams, words, target, stagger))
+                    if gw is not None:
+                        one["gateway_cpu_pct"] = (
+                            (group_cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0) * 100
+                        )
+                    runs.setdefault(mode, []).append(one)
+            for mode, _target, gw in targets:
+                stats = {k: statistics.median(r[k] for r in runs[mode]) for k in runs[mode][0]}
                 rows.append((label, mode, stats))
                 cpu = f"  gateway CPU {stats['gateway_cpu_pct']:5.1f}%" if gw is not None else ""
                 print(
