@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,10 +17,10 @@ import grpc
 import pytest
 from meshgate.v1 import generate_pb2, inference_pb2_grpc
 
-from tests.helpers import add_sub_request, api_key_auth, infer, llm_pool, triton_pool
+from tests.helpers import add_sub_request, api_key_auth, infer, llm_pool, metric_value, triton_pool
 from tests.openai_standin import OpenAIStandIn
 from tests.otlp_collector import CLIENT, ERROR, INTERNAL, SERVER, OTLPCollector, SpanSeen
-from tests.procs import Gateway, Triton, make_key
+from tests.procs import Gateway, Triton, free_ports, make_key, wait_until
 
 
 class Traced(NamedTuple):
@@ -249,3 +250,42 @@ def test_the_access_log_line_carries_the_trace_and_span_ids(traced: Traced) -> N
     access = [d for d in lines if d.get("logger") == "meshgate.access" and d.get("request_id") == request_id]
     assert len(access) == 1
     assert (access[0]["trace_id"], access[0]["span_id"]) == (trace_id, server.span_id)
+
+
+def test_spans_exported_are_counted(traced: Traced) -> None:
+    trace_id, _, metadata = _caller(traced.key)
+    with grpc.insecure_channel(traced.front.address) as ch:
+        infer(ch, add_sub_request([4.5], [float(secrets.randbelow(10**6))]), metadata=metadata)
+    traced.collector.trace(trace_id, 7)
+    page = traced.front.metrics_text()
+    assert metric_value(page, "meshgate_trace_spans_total", result="exported") >= 7
+    assert metric_value(page, "meshgate_trace_spans_total", result="failed") == 0
+
+
+def test_a_collector_that_is_down_costs_counted_spans_and_one_log_line(triton_a: Triton) -> None:
+    gw = Gateway(
+        {
+            "pools": {"tritons": triton_pool(triton_a.address, ["add_sub"])},
+            "tracing": {
+                "enabled": True,
+                "endpoint": f"http://127.0.0.1:{free_ports(1)[0]}",
+                "export_interval_s": 0.1,
+                "timeout_s": 0.5,
+            },
+        }
+    ).start()
+    try:
+        gw.wait_serving("tritons")
+        with grpc.insecure_channel(gw.address) as ch:
+            for _ in range(3):  # calls answer as usual: export happens off the request path
+                infer(ch, add_sub_request([1], [2]))
+                time.sleep(0.6)
+        wait_until(
+            lambda: metric_value(gw.metrics_text(), "meshgate_trace_spans_total", result="failed") >= 3,
+            20,
+            "the failed exports counted",
+        )
+        exporter_lines = [line for line in gw.log().splitlines() if "opentelemetry.exporter" in line]
+        assert len(exporter_lines) == 1, exporter_lines  # not one per retry and per batch
+    finally:
+        gw.stop()

@@ -26,18 +26,21 @@ INTERNAL, DEADLINE_EXCEEDED ...), not for a caller's mistake; an attempt or a st
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -87,9 +90,12 @@ class TracingConfig(BaseModel):
 
 
 class Tracing:
-    """The gateway's tracer: one per process, built when `tracing.enabled`."""
+    """The gateway's tracer: one per process, built when `tracing.enabled`. Spans exported and
+    lost are counted in meshgate_trace_spans_total{result} (exported | failed: the collector
+    refused or could not be reached); the exporter's own log lines (a retry, a failed batch) are
+    let through at most once a minute, with the count of those left out."""
 
-    def __init__(self, config: TracingConfig) -> None:
+    def __init__(self, config: TracingConfig, registry: CollectorRegistry | None = None) -> None:
         # The SDK and the exporter (~100 ms to import) only when tracing is on.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
@@ -113,9 +119,16 @@ class Tracing:
             headers=dict(config.headers) or None,
             timeout=config.timeout_s,
         )
+        spans = Counter(
+            "meshgate_trace_spans",
+            "Spans handed to the OTLP exporter, by result (exported | failed).",
+            ["result"],
+            registry=registry,
+        )
+        logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").addFilter(_OncePer(60.0))
         self._provider.add_span_processor(
             BatchSpanProcessor(
-                exporter,
+                cast(Any, _Counted(exporter, spans)),
                 max_queue_size=config.max_queue,
                 schedule_delay_millis=config.export_interval_s * 1000.0,
             )
@@ -227,6 +240,49 @@ class CallTrace:
             if code in _SERVER_FAULTS:
                 failed(span, code, message)
         span.end()
+
+
+class _Counted:
+    """The OTLP exporter, its results counted (BatchSpanProcessor calls these three)."""
+
+    def __init__(self, inner: Any, spans: Counter) -> None:
+        self._inner = inner
+        self._exported, self._failed = spans.labels("exported"), spans.labels("failed")
+
+    def export(self, batch: Any) -> Any:
+        result = self._inner.export(batch)
+        (self._exported if result.name == "SUCCESS" else self._failed).inc(len(batch))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self._inner.force_flush(timeout_millis))
+
+
+class _OncePer(logging.Filter):
+    """Lets a logger's records through at most once per `every_s` (the exporter logs every retry
+    while a collector is down), saying how many were left out."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._last = float("-inf")
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._every_s:
+            self._dropped += 1
+            return False
+        if self._dropped:
+            record.msg = (
+                f"{record.getMessage()} ({self._dropped} more like it in the last {now - self._last:.0f} s)"
+            )
+            record.args = None
+        self._last, self._dropped = now, 0
+        return True
 
 
 def failed(span: Span, code: grpc.StatusCode, message: str) -> None:

@@ -97,7 +97,7 @@ class Gateway:
         self.autoscaling = Autoscaling(
             config.autoscaling, self.table.pools, self.director.scheduler, admission, self.metrics.registry
         )
-        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
+        self.tracing = Tracing(config.tracing, self.metrics.registry) if config.tracing.enabled else None
         self.door = FrontDoor(
             config.server, self.metrics, self.authentication, self.rules, config.auth.audit_log, self.tracing
         )
