@@ -105,14 +105,21 @@ def _one(spans: list[SpanSeen], name: str, service: str = "meshgate") -> SpanSee
     return found[0]
 
 
-def test_an_infer_call_is_one_span_tree_under_the_callers_span(traced: Traced) -> None:
+def _traced_infer(traced: Traced) -> tuple[Any, str, str, str, list[SpanSeen]]:
+    """An Infer call (a new input: a cache miss) under a caller's span; (its answer, request id,
+    trace id, the caller's span id, the trace's spans: server, auth, rate_limit, cache, schedule,
+    the attempt, settle)."""
     trace_id, parent, metadata = _caller(traced.key)
     with grpc.insecure_channel(traced.front.address) as ch:
         resp, call = inference_pb2_grpc.InferenceStub(ch).Infer.with_call(
             add_sub_request([1.5], [float(secrets.randbelow(10**6))]), timeout=10, metadata=metadata
         )
     request_id = dict(call.trailing_metadata())["x-request-id"]
-    spans = traced.collector.trace(trace_id, 7)
+    return resp, request_id, trace_id, parent, traced.collector.trace(trace_id, 7)
+
+
+def test_an_infer_call_is_one_span_tree_under_the_callers_span(traced: Traced) -> None:
+    resp, request_id, _, parent, spans = _traced_infer(traced)
     server = _one(spans, "meshgate.v1.Inference/Infer")
     assert (server.kind, server.parent_id) == (SERVER, parent)
     assert server.attributes["rpc.system"] == "grpc"
@@ -239,13 +246,8 @@ def test_sampling_the_callers_flag_decides_and_unsampled_calls_make_no_spans(tra
 
 
 def test_the_access_log_line_carries_the_trace_and_span_ids(traced: Traced) -> None:
-    trace_id, _, metadata = _caller(traced.key)
-    with grpc.insecure_channel(traced.front.address) as ch:
-        _, call = inference_pb2_grpc.InferenceStub(ch).Infer.with_call(
-            add_sub_request([3.5], [float(secrets.randbelow(10**6))]), timeout=10, metadata=metadata
-        )
-    request_id = dict(call.trailing_metadata())["x-request-id"]
-    server = _one(traced.collector.trace(trace_id, 7), "meshgate.v1.Inference/Infer")
+    _, request_id, trace_id, _, spans = _traced_infer(traced)
+    server = _one(spans, "meshgate.v1.Inference/Infer")
     lines = [json.loads(line) for line in traced.front.log().splitlines() if line.startswith("{")]
     access = [d for d in lines if d.get("logger") == "meshgate.access" and d.get("request_id") == request_id]
     assert len(access) == 1
@@ -253,10 +255,7 @@ def test_the_access_log_line_carries_the_trace_and_span_ids(traced: Traced) -> N
 
 
 def test_spans_exported_are_counted(traced: Traced) -> None:
-    trace_id, _, metadata = _caller(traced.key)
-    with grpc.insecure_channel(traced.front.address) as ch:
-        infer(ch, add_sub_request([4.5], [float(secrets.randbelow(10**6))]), metadata=metadata)
-    traced.collector.trace(trace_id, 7)
+    _traced_infer(traced)
     page = traced.front.metrics_text()
     assert metric_value(page, "meshgate_trace_spans_total", result="exported") >= 7
     assert metric_value(page, "meshgate_trace_spans_total", result="failed") == 0

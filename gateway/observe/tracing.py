@@ -26,6 +26,7 @@ INTERNAL, DEADLINE_EXCEEDED ...), not for a caller's mistake; an attempt or a st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -33,7 +34,7 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -318,28 +319,28 @@ def traced_admit(name: str, admit: Callable[[Any], Any], is_async: bool) -> Call
     if is_async:
 
         async def admit_async(call: Any) -> Any:
-            span = call.ctx.trace.child(name)
-            try:
+            with _stage_span(name, call):
                 return await admit(call)
-            except GatewayError as err:
-                failed(span, err.code, err.message)
-                raise
-            finally:
-                _stage_end(span, name, call)
 
         return admit_async
 
     def admit_sync(call: Any) -> Any:
-        span = call.ctx.trace.child(name)
-        try:
+        with _stage_span(name, call):
             return admit(call)
-        except GatewayError as err:
-            failed(span, err.code, err.message)
-            raise
-        finally:
-            _stage_end(span, name, call)
 
     return admit_sync
+
+
+@contextlib.contextmanager
+def _stage_span(name: str, call: Any) -> Iterator[None]:
+    span = call.ctx.trace.child(name)
+    try:
+        yield
+    except GatewayError as err:
+        failed(span, err.code, err.message)
+        raise
+    finally:
+        _stage_end(span, name, call)
 
 
 def _stage_end(span: Span, name: str, call: Any) -> None:
