@@ -5,7 +5,8 @@ For each call of the Inference, Models and KServe services it builds the Request
 config, the peer, the W3C `traceparent`, the priority class), binds it for the handler, turns a
 GatewayError into its gRPC status (with google.rpc details), echoes the request id in the
 trailing metadata, counts the call (meshgate_requests_total, meshgate_request_duration_seconds)
-and writes one access-log line (logger `meshgate.access`, logfmt; `server.access_log`).
+and writes one access-log line (logger `meshgate.access`, logfmt; `server.access_log`). With
+`tracing` on, it starts the call's server span and ends it with the outcome (observe/tracing.py).
 
 A bug (any other exception) is logged once with its traceback and answered INTERNAL with the
 request id, never with the exception's text. Health and reflection get only the body guard
