@@ -164,10 +164,23 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=8, help="copies of the 1, 1, 2, 4 fleet")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(RESULTS / "des-sweep"), help="writes OUT.md and OUT.png")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="instead of the sweep: where each kind of call went, per policy, for each cell without a"
+        " jump and the first seed (e.g. --units 0.04 --replicas 3 --loads 0.7 --requests 20000)",
+    )
     args = ap.parse_args()
     args.units = [float(u) for u in args.units.split(",")]
     args.replicas = [int(r) for r in args.replicas.split(",")]
     args.loads = [float(x) for x in args.loads.split(",")]
+    if args.explain:
+        for u, r, load, policy in itertools.product(args.units, args.replicas, args.loads, POLICIES[:2]):
+            print(f"== {u * 1000:g} ms a unit, {r} replicas, {load:.0%}: {policy}", flush=True)
+            w = world(u, args.copies, None)
+            out = simulate(policy, w, r, load, args.requests / w.rate(load), 1, explain=True)
+            print(f"p50 {out['p50'] / 1000 / u:.2f} / p99 {out['p99'] / 1000 / u:.2f} units", flush=True)
+        return 0
     jobs = [
         (u, j, r, load, p, s, args.requests, args.copies)
         for u, j, r, load, s, p in itertools.product(
