@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import grpc
 
@@ -58,7 +58,7 @@ from .stages import (
     settle_all,
     watch_progress,
 )
-from .targets import for_target, llm_adapter, retarget
+from .targets import for_target, llm_adapter, retarget, speaks
 
 log = logging.getLogger("meshgate.director")
 
@@ -164,8 +164,8 @@ class Director:
 
         async def attempt(adapter: Adapter, timeout: float, target: Target, route: Route) -> None:
             retargeted = retarget(call, target, route)
-            if isinstance(adapter, InferStreams):
-                results = adapter.infer_stream(retargeted, timeout)
+            if speaks(adapter, InferStreams):
+                results = cast(InferStreams, adapter).infer_stream(retargeted, timeout)
                 async with contextlib.aclosing(results):
                     async for result in results:
                         await self._deliver(pc, send, result, route)

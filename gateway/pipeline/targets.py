@@ -3,7 +3,7 @@ Generate/Embed call needs."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
@@ -32,11 +32,25 @@ def for_target(call: LLMCall, target: Target, route: Route) -> LLMCall:
     return call._replace(model=target.model)
 
 
+def speaks(adapter: Adapter, protocol: type) -> bool:
+    """isinstance(adapter, protocol) for a runtime-checkable side interface (LLMAdapter,
+    InferStreams, ModelConfigs), answered once per adapter class: the Protocol check walks the
+    protocol's members each time (~4 us, 1.8% of a unary Generate's CPU at c=64)."""
+    key = (type(adapter), protocol)
+    found = _SPEAKS.get(key)
+    if found is None:
+        found = _SPEAKS[key] = isinstance(adapter, protocol)
+    return found
+
+
+_SPEAKS: dict[tuple[type, type], bool] = {}
+
+
 def llm_adapter(adapter: Adapter, model: str) -> LLMAdapter:
-    if not isinstance(adapter, LLMAdapter):
+    if not speaks(adapter, LLMAdapter):
         raise BackendError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"model {echo(model)} is served by a tensor backend: use Infer, not Generate/Embed",
             retryable=False,
         )
-    return adapter
+    return cast(LLMAdapter, adapter)
