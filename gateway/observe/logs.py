@@ -10,20 +10,11 @@ import json
 import logging
 
 from ..pipeline.context import RequestContext, current_or_none
+from .tracing import trace_id
+
+__all__ = ["JsonFormatter", "call_fields", "formatter", "trace_id"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def trace_id(traceparent: str) -> str:
-    """The trace id of a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>); "" when malformed."""
-    parts = traceparent.split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        try:
-            int(parts[1], 16)
-        except ValueError:
-            return ""
-        return parts[1]
-    return ""
 
 
 def call_fields(ctx: RequestContext) -> dict[str, str]:

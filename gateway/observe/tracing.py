@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 Span = trace.Span
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE = "0" * 32
 # The codes that say the server side failed (OpenTelemetry's gRPC server-span rule).
 _SERVER_FAULTS = frozenset(
     {
@@ -142,7 +143,7 @@ class Tracing:
         `sample_ratio`. The SDK costs ~50 us of CPU to make and end a span and ~55 us to
         encode it for export (5-7 spans a call); an unsampled call costs next to nothing."""
         parent = None
-        if ctx.traceparent and _TRACEPARENT.fullmatch(ctx.traceparent) is not None:
+        if trace_id(ctx.traceparent):
             if not int(ctx.traceparent[-2:], 16) & 1:
                 return None  # the caller decided; its context is passed on unchanged
             parent = _PROPAGATOR.extract({"traceparent": ctx.traceparent, "tracestate": ctx.tracestate})
@@ -292,9 +293,18 @@ def failed(span: Span, code: grpc.StatusCode, message: str) -> None:
     span.set_status(Status(StatusCode.ERROR, message or code.name))
 
 
+def trace_id(traceparent: str) -> str:
+    """The trace id of a well-formed W3C traceparent (version-<32 hex>-<16 hex>-flags, lower
+    case, the trace id not all zeros); "" otherwise. The one check of a caller's traceparent:
+    what is traced, passed on to backends, and written in log lines."""
+    if _TRACEPARENT.fullmatch(traceparent) is None or traceparent[3:35] == _ZERO_TRACE:
+        return ""
+    return traceparent[3:35]
+
+
 def passed_on(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
     """With tracing off: the caller's trace context, for the backend as it came (when well formed)."""
-    if not ctx.traceparent or _TRACEPARENT.fullmatch(ctx.traceparent) is None:
+    if not trace_id(ctx.traceparent):
         return ()
     if ctx.tracestate and len(ctx.tracestate) <= 512 and ctx.tracestate.isprintable():
         return (("traceparent", ctx.traceparent), ("tracestate", ctx.tracestate))

@@ -170,16 +170,18 @@ async def settle_all(
     """Every admitted stage settles, in reverse order: (stage, settle, settle is async, ticket)."""
     trace = call.ctx.trace
     span = trace.child("settle") if trace is not None else None
-    for stage, settle, settle_async, ticket in reversed(admitted):
-        try:
-            done = settle(call, ticket, outcome)
-            if settle_async:
-                await done
-        except Exception:  # one stage's bug must not skip the others' settlement
-            metrics.background_error(f"settle:{stage.name}")
-            log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
-    if span is not None:
-        span.end()
+    try:
+        for stage, settle, settle_async, ticket in reversed(admitted):
+            try:
+                done = settle(call, ticket, outcome)
+                if settle_async:
+                    await done
+            except Exception:  # one stage's bug must not skip the others' settlement
+                metrics.background_error(f"settle:{stage.name}")
+                log.exception("stage %s failed to settle request %s", stage.name, call.ctx.request_id)
+    finally:  # cancelled while settling too
+        if span is not None:
+            span.end()
 
 
 async def report_progress(call: Call) -> None:
