@@ -162,26 +162,45 @@ async def sse_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]
     """The `data:` payloads of a server-sent event stream, as bytes, in batches: every event
     complete after one network read comes in one list, so a burst of tokens is handled (and
     sent to the caller) once. Multi-line data is joined with newlines; other fields and comments
-    are skipped; CR, LF and CRLF line ends are all accepted."""
+    are skipped; CR, LF and CRLF line ends are all accepted. When the connection breaks, the
+    events that arrived whole before it still come out, then TransportError."""
     buf = b""
     try:
         async for chunk in resp.content.iter_any():
-            buf += chunk
-            if b"\r" in buf:
-                keep = b"\r" if buf.endswith(b"\r") else b""  # maybe half of a CRLF
-                body = buf[:-1] if keep else buf
-                buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + keep
-            if b"\n\n" not in buf:
-                continue
-            *events, buf = buf.split(b"\n\n")
-            batch = [d for d in map(_data, events) if d is not None]
+            batch, buf = _events(buf + chunk)
             if batch:
                 yield batch
     except (TimeoutError, aiohttp.ClientError, OSError) as err:
+        if isinstance(err, aiohttp.ClientPayloadError):
+            batch, buf = _events(buf + _unread(resp.content))
+            if batch:
+                yield batch
         raise _transport(err) from None
     last = _data(buf.rstrip(b"\r\n"))
     if last is not None:
         yield [last]
+
+
+def _events(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The payloads of the complete events in `buf`, and what is left of it."""
+    if b"\r" in buf:
+        keep = b"\r" if buf.endswith(b"\r") else b""  # maybe half of a CRLF
+        body = buf[:-1] if keep else buf
+        buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + keep
+    if b"\n\n" not in buf:
+        return [], buf
+    *events, buf = buf.split(b"\n\n")
+    return [d for d in map(_data, events) if d is not None], buf
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """What aiohttp had received but not handed out when the connection broke: its StreamReader
+    raises the error before the data it holds, so the last events a provider sent before it cut
+    the stream (often the usage) would be lost. aiohttp's own fields, read defensively."""
+    held = getattr(content, "_buffer", None)
+    if not held:
+        return b""
+    return b"".join(held)[getattr(content, "_buffer_offset", 0) :]
 
 
 def _data(event: bytes) -> bytes | None:

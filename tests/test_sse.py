@@ -63,3 +63,34 @@ def test_any_cut_gives_the_same_payloads(cuts: list[int]) -> None:
     chunks = [STREAM[a:b] for a, b in itertools.pairwise(points)]
     got: list[Any] = [d for batch in batches(chunks) for d in batch]
     assert got == EXPECTED
+
+
+def test_events_that_arrived_before_the_connection_broke_still_come_out() -> None:
+    """aiohttp's StreamReader raises a broken payload's error before the data it still holds; the
+    events that arrived whole come out first, then TransportError (the part of one that did not)."""
+    import aiohttp
+
+    from adapters.http_client import TransportError
+
+    class _Protocol:
+        _reading_paused = False
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+    async def run() -> tuple[list[list[bytes]], bool]:
+        reader = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        reader.feed_data(b"data: one\n\ndata: two\n\ndata: thr")  # one read's worth, then the break
+        reader.set_exception(aiohttp.ClientPayloadError("Response payload is not completed"))
+        resp = type("Resp", (), {"content": reader})()
+        got: list[list[bytes]] = []
+        try:
+            async for batch in sse_batches(resp):  # type: ignore[arg-type]
+                got.append(batch)
+        except TransportError:
+            return got, True
+        return got, False
+
+    got, broke = asyncio.run(run())
+    assert got == [[b"one", b"two"]] and broke
